@@ -1,0 +1,178 @@
+//! Consistency modes: how far a read may trail this session's own writes.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Lsn;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Any usable replica, however far behind this session's writes.
+    Eventual,
+    /// The primary for a window after this session's last write (Rails' DatabaseSelector).
+    Sticky,
+    /// A replica only once it has replayed this session's last write, by LSN.
+    Causal,
+}
+
+impl Consistency {
+    pub const ALL: [Consistency; 3] = [Self::Eventual, Self::Sticky, Self::Causal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eventual => "eventual",
+            Self::Sticky => "sticky",
+            Self::Causal => "causal",
+        }
+    }
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Consistency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of eventual, sticky, causal"))
+    }
+}
+
+/// What a session remembers of its last write. It lives in the session (Redis), so every
+/// web instance routes the session's next read the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteMark {
+    /// Milliseconds since the Unix epoch, by the writing instance's clock.
+    pub at_ms: i64,
+    /// The primary's WAL position after the commit; recorded in causal mode only.
+    pub lsn: Option<Lsn>,
+}
+
+/// The routing context of one session: its mode and its last write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadContext {
+    pub mode: Consistency,
+    pub last_write: Option<WriteMark>,
+    /// False when the session store could not be read: sticky and causal then cannot know
+    /// the last write, and read the primary rather than risk a stale replica.
+    pub known: bool,
+}
+
+impl ReadContext {
+    pub fn new(mode: Consistency, last_write: Option<WriteMark>) -> Self {
+        Self {
+            mode,
+            last_write,
+            known: true,
+        }
+    }
+
+    pub fn unknown(mode: Consistency) -> Self {
+        Self {
+            mode,
+            last_write: None,
+            known: false,
+        }
+    }
+}
+
+/// Why a read went where it went, in words the page shows after the node's name.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// Eventual mode, or no write of this session to respect.
+    AnyReplica,
+    /// Causal mode: the replica had replayed the session's write.
+    Replayed { waited_ms: u64 },
+    /// Sticky mode: this session wrote recently.
+    StickyWindow { left_ms: u64 },
+    /// Causal mode: no replica replayed the write in time.
+    CausalTimeout { waited_ms: u64 },
+    /// Sticky or causal, but the session store was unavailable.
+    SessionUnavailable,
+    /// Every replica is down, lagging or excluded.
+    NoUsableReplica,
+    /// The deployment has no replicas.
+    NoReplicas,
+}
+
+impl Reason {
+    pub fn on_replica(self) -> bool {
+        matches!(self, Self::AnyReplica | Self::Replayed { .. })
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = |ms: u64| Duration::from_millis(ms).as_secs_f64();
+        match *self {
+            Self::AnyReplica => f.write_str("a usable replica, chosen round-robin"),
+            Self::Replayed { waited_ms: 0 } => f.write_str("it had replayed your write"),
+            Self::Replayed { waited_ms } => {
+                write!(f, "it had replayed your write after {waited_ms} ms")
+            }
+            Self::StickyWindow { left_ms } => {
+                write!(f, "sticky window, {:.1} s left", secs(left_ms))
+            }
+            Self::CausalTimeout { waited_ms } => {
+                write!(f, "no replica had caught up within {waited_ms} ms")
+            }
+            Self::SessionUnavailable => {
+                f.write_str("the session store is unavailable, so your last write is unknown")
+            }
+            Self::NoUsableReplica => f.write_str("no replica is usable right now"),
+            Self::NoReplicas => f.write_str("no replicas are configured"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in Consistency::ALL {
+            assert_eq!(mode.as_str().parse::<Consistency>(), Ok(mode));
+        }
+        assert!(
+            "bogus"
+                .parse::<Consistency>()
+                .is_err_and(|e| e.contains("eventual"))
+        );
+    }
+
+    #[test]
+    fn reasons_read_as_sentences() {
+        assert_eq!(
+            Reason::StickyWindow { left_ms: 1200 }.to_string(),
+            "sticky window, 1.2 s left"
+        );
+        assert_eq!(
+            Reason::CausalTimeout { waited_ms: 50 }.to_string(),
+            "no replica had caught up within 50 ms"
+        );
+    }
+
+    #[test]
+    fn write_marks_survive_the_session_store() -> Result<(), serde_json::Error> {
+        let mark = WriteMark {
+            at_ms: 1,
+            lsn: Some(Lsn(0x1_0000_0010)),
+        };
+        let json = serde_json::to_string(&mark)?;
+        assert_eq!(json, r#"{"at_ms":1,"lsn":"1/10"}"#);
+        assert_eq!(serde_json::from_str::<WriteMark>(&json)?, mark);
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! PostgreSQL write-ahead-log positions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A WAL position (`pg_lsn`), ordered, so "has this replica replayed my write" is a comparison.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Bytes between two positions, zero when `self` is not behind.
+    pub fn bytes_behind(self, ahead: Lsn) -> u64 {
+        ahead.0.saturating_sub(self.0)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (hi, lo) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not an LSN"))?;
+        let part = |p: &str| u32::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not an LSN"));
+        Ok(Self((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl From<Lsn> for String {
+    fn from(lsn: Lsn) -> Self {
+        lsn.to_string()
+    }
+}
+
+impl TryFrom<String> for Lsn {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lsn;
+
+    #[test]
+    fn round_trips_and_orders() -> Result<(), String> {
+        let a: Lsn = "0/16B3748".parse()?;
+        let b: Lsn = "1/0".parse()?;
+        assert_eq!(a.to_string(), "0/16B3748");
+        assert!(a < b);
+        assert_eq!(a.bytes_behind(b), (1 << 32) - 0x16B_3748);
+        assert_eq!(b.bytes_behind(a), 0);
+        assert!("16B3748".parse::<Lsn>().is_err());
+        assert!("0/xyz".parse::<Lsn>().is_err());
+        Ok(())
+    }
+}

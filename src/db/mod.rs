@@ -1,0 +1,329 @@
+//! Routed database access: one primary for writes, replicas for reads.
+//!
+//! Call sites name the route: [`Db::write`] always reaches the primary; [`Db::read`] reaches
+//! a usable replica when the session's [`Consistency`] allows, and otherwise the primary
+//! through a read-only pool, so a write sent down the read route fails loudly everywhere.
+
+mod consistency;
+mod error;
+mod lsn;
+pub mod monitor;
+mod replica;
+pub mod replication;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+
+pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
+pub use error::DbError;
+pub use lsn::Lsn;
+pub use replica::{ReplicaState, ReplicaStatus};
+
+use crate::config::{DbConfig, RoutingConfig};
+use crate::secret::SecretUrl;
+use replica::Replica;
+
+/// The query a route runs, given the connection the router chose.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub const PRIMARY: &str = "primary";
+
+/// A read result and the node that answered it.
+#[derive(Debug)]
+pub struct Routed<T> {
+    pub value: T,
+    pub node: String,
+    pub reason: Reason,
+}
+
+#[derive(Debug)]
+pub struct Db {
+    primary: PgPool,
+    /// The primary again, but every transaction read-only: where reads fall back.
+    primary_reads: PgPool,
+    replicas: Vec<Replica>,
+    next_replica: AtomicUsize,
+    fallback_reads: AtomicU64,
+    routing: RoutingConfig,
+}
+
+impl Db {
+    /// Builds the pools without connecting: the app starts, and reports, whatever is down.
+    pub fn new(config: &DbConfig, routing: RoutingConfig, instance: &str) -> Result<Self, DbError> {
+        let app_name = format!("rwsplit {instance}");
+        let pool = |url: &SecretUrl, size: u32, acquire: Duration, read_only: bool| {
+            let mut options: PgConnectOptions =
+                url.expose().parse().map_err(|source| DbError::Config {
+                    url: url.redacted(),
+                    source,
+                })?;
+            let statement_timeout = config.statement_timeout.as_millis().to_string();
+            let mut settings = vec![("statement_timeout", statement_timeout.as_str())];
+            if read_only {
+                settings.push(("default_transaction_read_only", "on"));
+            }
+            options = options.application_name(&app_name).options(settings);
+            Ok::<_, DbError>(
+                PgPoolOptions::new()
+                    .max_connections(size)
+                    .acquire_timeout(acquire)
+                    .idle_timeout(Duration::from_secs(60))
+                    .connect_lazy_with(options),
+            )
+        };
+        let replicas = config
+            .replica_urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| {
+                let pool = pool(
+                    url,
+                    config.replica_pool_size,
+                    config.replica_acquire_timeout,
+                    true,
+                )?;
+                Ok(Replica::new(format!("replica{}", i + 1), pool))
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        Ok(Self {
+            primary: pool(
+                &config.primary_url,
+                config.primary_pool_size,
+                config.acquire_timeout,
+                false,
+            )?,
+            primary_reads: pool(
+                &config.primary_url,
+                config.replica_pool_size,
+                config.acquire_timeout,
+                true,
+            )?,
+            replicas,
+            next_replica: AtomicUsize::new(0),
+            fallback_reads: AtomicU64::new(0),
+            routing,
+        })
+    }
+
+    pub fn routing(&self) -> &RoutingConfig {
+        &self.routing
+    }
+
+    pub fn has_replicas(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// Applies `migrations/` on the primary. sqlx holds an advisory lock while it runs, so
+    /// instances that start together apply each migration once.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        sqlx::migrate!("./migrations").run(&self.primary).await
+    }
+
+    /// Runs `query` on the primary and records the write in `ctx`, so this session's later
+    /// reads can be routed to see it.
+    pub async fn write<T, F>(&self, ctx: &mut ReadContext, query: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
+        let mut conn = self.primary.acquire().await.map_err(on_primary)?;
+        let value = query(&mut conn).await.map_err(on_primary)?;
+        let lsn = if ctx.mode == Consistency::Causal {
+            let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(on_primary)?;
+            Some(text.parse().map_err(DbError::Lsn)?)
+        } else {
+            None
+        };
+        ctx.last_write = Some(WriteMark {
+            at_ms: unix_millis(),
+            lsn,
+        });
+        Ok(value)
+    }
+
+    /// Runs `query` on the node the session's consistency mode allows, and says which.
+    pub async fn read<T, F>(&self, ctx: &ReadContext, mut query: F) -> Result<Routed<T>, DbError>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        let reason = match self.replica_read(ctx, &mut query).await? {
+            Ok(routed) => return Ok(routed),
+            Err(reason) => reason,
+        };
+        if reason != Reason::NoReplicas {
+            self.fallback_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
+        let mut conn = self.primary_reads.acquire().await.map_err(on_primary)?;
+        let value = query(&mut conn).await.map_err(on_primary)?;
+        Ok(Routed {
+            value,
+            node: PRIMARY.to_owned(),
+            reason,
+        })
+    }
+
+    /// Tries the replicas the context allows; `Ok(Err(reason))` says why the primary must answer.
+    async fn replica_read<T, F>(
+        &self,
+        ctx: &ReadContext,
+        query: &mut F,
+    ) -> Result<Result<Routed<T>, Reason>, DbError>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        if self.replicas.is_empty() {
+            return Ok(Err(Reason::NoReplicas));
+        }
+        if ctx.mode != Consistency::Eventual && !ctx.known {
+            return Ok(Err(Reason::SessionUnavailable));
+        }
+        let last_write = ctx.last_write.unwrap_or_default();
+        if ctx.mode == Consistency::Sticky {
+            let since = u64::try_from(unix_millis() - last_write.at_ms).unwrap_or(0);
+            let window = u64::try_from(self.routing.sticky_window.as_millis()).unwrap_or(u64::MAX);
+            if since < window {
+                return Ok(Err(Reason::StickyWindow {
+                    left_ms: window - since,
+                }));
+            }
+        }
+        let must_replay = match ctx.mode {
+            Consistency::Causal => last_write.lsn,
+            _ => None,
+        };
+        let started = Instant::now();
+        let deadline = started + self.routing.causal_wait;
+        let mut timed_out = false;
+        for replica in self.usable_replicas() {
+            let result = async {
+                let mut conn = replica.pool.acquire().await?;
+                if let Some(lsn) = must_replay {
+                    if !wait_for_replay(replica, &mut conn, lsn, deadline).await? {
+                        return Ok(None);
+                    }
+                }
+                query(&mut conn).await.map(Some)
+            }
+            .await;
+            match result {
+                Ok(Some(value)) => {
+                    let reason = match must_replay {
+                        Some(_) => Reason::Replayed {
+                            waited_ms: elapsed_ms(started),
+                        },
+                        None => Reason::AnyReplica,
+                    };
+                    return Ok(Ok(Routed {
+                        value,
+                        node: replica.name.clone(),
+                        reason,
+                    }));
+                }
+                Ok(None) => timed_out = true,
+                Err(e) => match DbError::from_sqlx(&replica.name, e) {
+                    DbError::Unavailable { source, .. } => replica.mark_unreachable(&source),
+                    other => return Err(other),
+                },
+            }
+        }
+        Ok(Err(if timed_out {
+            Reason::CausalTimeout {
+                waited_ms: elapsed_ms(started),
+            }
+        } else {
+            Reason::NoUsableReplica
+        }))
+    }
+
+    /// The usable replicas, starting from the next one in round-robin order.
+    fn usable_replicas(&self) -> impl Iterator<Item = &Replica> {
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        let n = self.replicas.len();
+        (0..n)
+            .map(move |i| &self.replicas[(start + i) % n])
+            .filter(|r| r.is_usable())
+    }
+
+    pub fn replica_statuses(&self) -> Vec<ReplicaStatus> {
+        self.replicas.iter().map(Replica::status).collect()
+    }
+
+    /// Reads that wanted a replica but were served by the primary, since start-up.
+    pub fn fallback_reads(&self) -> u64 {
+        self.fallback_reads.load(Ordering::Relaxed)
+    }
+
+    /// Whether the primary answers a trivial query within the acquire timeout.
+    pub async fn ping_primary(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.primary)
+            .await
+            .map(drop)
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))
+    }
+
+    pub(crate) fn primary_reads(&self) -> &PgPool {
+        &self.primary_reads
+    }
+
+    pub(crate) fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    pub async fn close(&self) {
+        self.primary.close().await;
+        self.primary_reads.close().await;
+        for replica in &self.replicas {
+            replica.pool.close().await;
+        }
+    }
+}
+
+/// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.
+async fn wait_for_replay(
+    replica: &Replica,
+    conn: &mut PgConnection,
+    lsn: Lsn,
+    deadline: Instant,
+) -> Result<bool, sqlx::Error> {
+    // The monitor's figure only ever trails the real one, so if it suffices, no query is needed.
+    if replica.replay_lsn().is_some_and(|seen| seen >= lsn) {
+        return Ok(true);
+    }
+    const POLL: Duration = Duration::from_millis(5);
+    loop {
+        let replayed: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+            .fetch_one(&mut *conn)
+            .await?;
+        if replayed
+            .and_then(|t| t.parse::<Lsn>().ok())
+            .is_some_and(|seen| seen >= lsn)
+        {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+pub fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

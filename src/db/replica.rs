@@ -1,0 +1,143 @@
+//! One read replica: its pool and what the monitor last learned about it.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::Lsn;
+
+#[derive(Debug)]
+pub struct Replica {
+    pub name: String,
+    pub pool: PgPool,
+    state: Mutex<ReplicaState>,
+}
+
+/// The last check of a replica, as `/readyz` and `/test` show it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReplicaState {
+    pub usable: bool,
+    pub reachable: bool,
+    pub in_recovery: bool,
+    pub replay_lsn: Option<Lsn>,
+    pub bytes_behind: Option<u64>,
+    /// How long the replica has trailed the primary: zero when it has replayed everything
+    /// the primary had written when checked, else the age of its last replayed commit.
+    pub lag_ms: Option<u64>,
+    /// `now() - pg_last_xact_replay_timestamp()` on the replica, reported as is: it grows
+    /// while the primary is idle even though nothing is missing.
+    pub last_replay_age_ms: Option<u64>,
+    /// Why the replica is not usable, when it is not.
+    pub problem: Option<String>,
+}
+
+/// A snapshot of a replica for pages and JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaStatus {
+    pub name: String,
+    #[serde(flatten)]
+    pub state: ReplicaState,
+}
+
+/// What one monitor check measured on the replica itself.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation {
+    pub in_recovery: bool,
+    pub replay_lsn: Option<Lsn>,
+    pub last_replay_age: Option<Duration>,
+}
+
+impl Replica {
+    pub fn new(name: String, pool: PgPool) -> Self {
+        Self {
+            name,
+            pool,
+            // Optimistic until the first check: a failed read marks it at once.
+            state: Mutex::new(ReplicaState {
+                usable: true,
+                reachable: true,
+                in_recovery: true,
+                ..ReplicaState::default()
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, ReplicaState> {
+        // The state is plain data rewritten whole by each check: a panic elsewhere cannot
+        // leave it half-updated, so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_usable(&self) -> bool {
+        self.state().usable
+    }
+
+    pub fn replay_lsn(&self) -> Option<Lsn> {
+        self.state().replay_lsn
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            name: self.name.clone(),
+            state: self.state().clone(),
+        }
+    }
+
+    /// A read or a check could not reach the replica: stop routing to it until a check passes.
+    pub fn mark_unreachable(&self, error: &dyn std::fmt::Display) {
+        let mut state = self.state();
+        if state.usable {
+            tracing::warn!(replica = %self.name, %error, "replica unreachable; reads move elsewhere");
+        }
+        state.usable = false;
+        state.reachable = false;
+        state.problem = Some(format!("unreachable: {error}"));
+    }
+
+    /// Records a successful check. `primary_lsn` is the primary's position taken just before;
+    /// without it (primary down) the previous lag figures stand.
+    pub fn record(&self, seen: Observation, primary_lsn: Option<Lsn>, max_lag: Duration) {
+        let mut state = self.state();
+        state.reachable = true;
+        state.in_recovery = seen.in_recovery;
+        state.replay_lsn = seen.replay_lsn;
+        state.last_replay_age_ms = seen.last_replay_age.map(millis);
+        if let (Some(primary), Some(replayed)) = (primary_lsn, seen.replay_lsn) {
+            let behind = replayed.bytes_behind(primary);
+            state.bytes_behind = Some(behind);
+            state.lag_ms = if behind == 0 {
+                Some(0)
+            } else {
+                seen.last_replay_age.map(millis)
+            };
+        }
+        let problem = if !seen.in_recovery {
+            Some("not in recovery: this node is not a replica".to_owned())
+        } else {
+            match state.lag_ms {
+                None => Some("lag unknown".to_owned()),
+                Some(lag) if lag > millis(max_lag) => Some(format!(
+                    "lagging {lag} ms, over the {} ms limit",
+                    millis(max_lag)
+                )),
+                Some(_) => None,
+            }
+        };
+        if state.usable != problem.is_none() {
+            match &problem {
+                Some(why) => {
+                    tracing::warn!(replica = %self.name, %why, "replica excluded from reads")
+                }
+                None => tracing::info!(replica = %self.name, "replica usable again"),
+            }
+        }
+        state.usable = problem.is_none();
+        state.problem = problem;
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,3 @@
+//! HTTP helpers that are not routes.
+
+pub mod client_ip;

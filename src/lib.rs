@@ -1,0 +1,19 @@
+//! rwsplit: a horizontally scaled axum web tier over a replicated PostgreSQL.
+//!
+//! The layout is the architecture: `db` routes reads and writes, `session` keeps sessions in
+//! Redis, `routes` is the HTTP surface, `request_log` is the one table the demo is about.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod request_log;
+pub mod routes;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod telemetry;
+
+pub use routes::app;
+pub use state::AppState;

@@ -1,0 +1,101 @@
+//! The request log: one row per `GET /`, written on the primary, read back from a replica.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+
+/// Longest values stored; longer ones are cut at a character boundary, never rejected.
+pub const MAX_PATH: usize = 2048;
+pub const MAX_USER_AGENT: usize = 512;
+pub const MAX_INSTANCE: usize = 64;
+const MAX_METHOD: usize = 16;
+const MAX_ADDR: usize = 64;
+const MAX_TAG: usize = 16;
+
+/// A row about to be written.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub method: String,
+    pub path: String,
+    pub client_addr: String,
+    pub user_agent: String,
+    pub instance: String,
+    pub session_tag: Option<String>,
+}
+
+impl NewEntry {
+    /// Bounds every field to the column's limit.
+    pub fn truncated(self) -> Self {
+        Self {
+            method: truncate(self.method, MAX_METHOD),
+            path: truncate(self.path, MAX_PATH),
+            client_addr: truncate(self.client_addr, MAX_ADDR),
+            user_agent: truncate(self.user_agent, MAX_USER_AGENT),
+            instance: truncate(self.instance, MAX_INSTANCE),
+            session_tag: self.session_tag.map(|t| truncate(t, MAX_TAG)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Entry {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub method: String,
+    pub path: String,
+    pub client_addr: String,
+    pub user_agent: String,
+    pub instance: String,
+    pub session_tag: Option<String>,
+}
+
+pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO request_log (method, path, client_addr, user_agent, instance, session_tag) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         RETURNING id, at, method, path, client_addr, user_agent, instance, session_tag",
+    )
+    .bind(entry.method)
+    .bind(entry.path)
+    .bind(entry.client_addr)
+    .bind(entry.user_agent)
+    .bind(entry.instance)
+    .bind(entry.session_tag)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, at, method, path, client_addr, user_agent, instance, session_tag \
+         FROM request_log ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Cuts `s` to at most `max` bytes without splitting a character.
+pub fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let cut = (0..=max)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncates_on_a_character_boundary() {
+        assert_eq!(truncate("héllo".into(), 2), "h");
+        assert_eq!(truncate("héllo".into(), 3), "hé");
+        assert_eq!(truncate("short".into(), 100), "short");
+    }
+}

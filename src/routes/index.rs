@@ -1,0 +1,85 @@
+//! `GET /`: log this request on the primary, show the last 25 read through the read route.
+
+use std::net::SocketAddr;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use tower_sessions::Session;
+
+use crate::db::Consistency;
+use crate::error::AppError;
+use crate::request_log::{self, Entry, NewEntry};
+use crate::session::{SessionData, Visit};
+use crate::state::AppState;
+
+const SHOWN_ROWS: i64 = 25;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "index.html")]
+pub struct IndexPage {
+    instance: String,
+    written: Entry,
+    rows: Vec<Entry>,
+    node: String,
+    reason: String,
+    on_replica: bool,
+    mode: Consistency,
+    saw_own_write: bool,
+    session: Option<SessionData>,
+    replicas_configured: bool,
+}
+
+pub async fn index(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    session: Session,
+) -> Result<IndexPage, AppError> {
+    let config = &state.config;
+    let mut visit = Visit::open(session, &state.sessions).await;
+    let entry = NewEntry {
+        method: method.to_string(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), ToString::to_string),
+        client_addr: config
+            .trusted_proxies
+            .client_addr(peer.ip(), &headers)
+            .to_string(),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        instance: config.instance.clone(),
+        session_tag: visit.tag().map(str::to_owned),
+    }
+    .truncated();
+
+    let mut ctx = visit.read_context(config.routing.consistency);
+    let written = state
+        .db
+        .write(&mut ctx, move |c| Box::pin(request_log::insert(c, entry)))
+        .await?;
+    let read = state
+        .db
+        .read(&ctx, |c| Box::pin(request_log::latest(c, SHOWN_ROWS)))
+        .await?;
+    visit.record(&config.instance, &ctx, &config.session).await;
+
+    Ok(IndexPage {
+        instance: config.instance.clone(),
+        saw_own_write: read.value.iter().any(|row| row.id == written.id),
+        written,
+        rows: read.value,
+        on_replica: read.reason.on_replica(),
+        reason: read.reason.to_string(),
+        node: read.node,
+        mode: ctx.mode,
+        session: visit.data,
+        replicas_configured: state.db.has_replicas(),
+    })
+}

@@ -1,0 +1,128 @@
+//! Sessions: a cookie naming a record that lives only in Redis, so any instance can serve
+//! any request.
+
+mod store;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
+
+pub use store::RedisStore;
+
+use crate::config::SessionConfig;
+use crate::db::{Consistency, ReadContext, WriteMark};
+
+const KEY: &str = "rwsplit";
+/// Bounds the record: a session served by more instances than this keeps the latest names.
+const MAX_INSTANCES: usize = 16;
+
+pub fn layer(store: RedisStore, config: &SessionConfig) -> SessionManagerLayer<RedisStore> {
+    SessionManagerLayer::new(store)
+        .with_name("rwsplit_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(config.cookie_secure)
+        .with_expiry(Expiry::OnInactivity(to_time(config.idle_timeout)))
+}
+
+/// What rwsplit keeps in a session.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SessionData {
+    /// A short random label for the request log; unrelated to the secret session id.
+    pub tag: String,
+    pub visits: u64,
+    pub instances: BTreeSet<String>,
+    pub last_write: Option<WriteMark>,
+}
+
+/// This request's view of its session: the data, or why there is none.
+#[derive(Debug)]
+pub struct Visit {
+    session: Session,
+    /// `None` when Redis could not be reached: the page goes on without a session.
+    pub data: Option<SessionData>,
+}
+
+impl Visit {
+    /// Loads the session. Never fails: with Redis down, `data` is `None` and nothing will be
+    /// saved, so the response is not turned into an error after the fact.
+    pub async fn open(session: Session, store: &RedisStore) -> Self {
+        // A new visitor costs Redis nothing until the end of the request, so first make sure
+        // that save can succeed, or the session layer would answer 500.
+        if session.id().is_none() && !store.is_healthy() && store.ping().await.is_err() {
+            return Self {
+                session,
+                data: None,
+            };
+        }
+        let data = match session.get::<SessionData>(KEY).await {
+            Ok(data) => Some(data.unwrap_or_else(|| SessionData {
+                tag: new_tag(),
+                ..SessionData::default()
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "session unavailable");
+                None
+            }
+        };
+        Self { session, data }
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.data.as_ref().map(|d| d.tag.as_str())
+    }
+
+    /// The routing context for this session's reads in `mode`.
+    pub fn read_context(&self, mode: Consistency) -> ReadContext {
+        match &self.data {
+            Some(d) => ReadContext::new(mode, d.last_write),
+            None => ReadContext::unknown(mode),
+        }
+    }
+
+    /// Counts a page view by `instance` and keeps the session's last write.
+    pub async fn record(&mut self, instance: &str, ctx: &ReadContext, config: &SessionConfig) {
+        let Some(data) = self.data.as_mut() else {
+            return;
+        };
+        data.visits += 1;
+        if !data.instances.contains(instance) && data.instances.len() >= MAX_INSTANCES {
+            data.instances.pop_first();
+        }
+        data.instances.insert(instance.to_owned());
+        data.last_write = ctx.last_write.or(data.last_write);
+        self.session
+            .set_expiry(Some(Expiry::OnInactivity(to_time(if data.visits == 1 {
+                config.first_visit_ttl
+            } else {
+                config.idle_timeout
+            }))));
+        if let Err(e) = self.session.insert(KEY, &*data).await {
+            tracing::warn!(error = %e, "session not updated");
+        }
+    }
+
+    /// Keeps the session's last write without counting a visit (the `/test` probes).
+    pub async fn remember_write(&mut self, ctx: &ReadContext) {
+        let Some(data) = self.data.as_mut() else {
+            return;
+        };
+        if ctx.last_write.is_some() && data.last_write != ctx.last_write {
+            data.last_write = ctx.last_write;
+            if let Err(e) = self.session.insert(KEY, &*data).await {
+                tracing::warn!(error = %e, "session not updated");
+            }
+        }
+    }
+}
+
+fn new_tag() -> String {
+    // tower-sessions ids are 128 random bits; a fresh one is a convenient random source.
+    format!("{:08x}", tower_sessions::session::Id::default().0 as u32)
+}
+
+fn to_time(d: std::time::Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}

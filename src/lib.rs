@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod probe;
 pub mod request_log;
 pub mod routes;
 pub mod secret;

@@ -23,6 +23,7 @@ pub fn state(config: Config) -> Result<AppState, BoxError> {
         config: Arc::new(config),
         db: Arc::new(db),
         sessions,
+        probe_slots: Arc::new(tokio::sync::Semaphore::new(crate::state::PROBE_SLOTS)),
     })
 }
 
@@ -60,7 +61,9 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     if config.migrate_on_start {
         migrate(&state.db).await?;
     }
-    monitor::check_all(&state.db, Duration::from_secs(2)).await;
+    let routing = &config.routing;
+    let mut history = monitor::History::new(routing.check_interval, routing.max_lag);
+    monitor::check_all(&state.db, Duration::from_secs(2), &mut history).await;
     let monitor = monitor::spawn(state.db.clone());
 
     let listener = TcpListener::bind(config.bind).await?;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
+
 use crate::config::Config;
 use crate::db::Db;
 use crate::session::RedisStore;
@@ -11,4 +13,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Arc<Db>,
     pub sessions: RedisStore,
+    /// Bounds how many `/test` runs write probe rows at once on this instance.
+    pub probe_slots: Arc<Semaphore>,
 }
+
+/// Concurrent `/test` runs per instance.
+pub const PROBE_SLOTS: usize = 2;

@@ -66,6 +66,9 @@ pub struct ReadContext {
     /// False when the session store could not be read: sticky and causal then cannot know
     /// the last write, and read the primary rather than risk a stale replica.
     pub known: bool,
+    /// Whether writes record the primary's LSN after commit: causal mode needs it, and the
+    /// staleness probe reports it in every mode. It costs one query per write.
+    pub track_lsn: bool,
 }
 
 impl ReadContext {
@@ -74,6 +77,7 @@ impl ReadContext {
             mode,
             last_write,
             known: true,
+            track_lsn: mode == Consistency::Causal,
         }
     }
 
@@ -82,6 +86,7 @@ impl ReadContext {
             mode,
             last_write: None,
             known: false,
+            track_lsn: mode == Consistency::Causal,
         }
     }
 }

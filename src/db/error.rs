@@ -8,6 +8,8 @@ pub enum DbError {
     /// The node answered with an error: a bug or a constraint, never retried elsewhere.
     #[error("query on {node} failed: {source}")]
     Query { node: String, source: sqlx::Error },
+    #[error("there is no database node called {0:?}")]
+    UnknownNode(String),
     #[error("bad database URL {url}: {source}")]
     Config { url: String, source: sqlx::Error },
     #[error("the primary returned an unreadable LSN: {0}")]

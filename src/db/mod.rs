@@ -133,7 +133,7 @@ impl Db {
         let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
         let mut conn = self.primary.acquire().await.map_err(on_primary)?;
         let value = query(&mut conn).await.map_err(on_primary)?;
-        let lsn = if ctx.mode == Consistency::Causal {
+        let lsn = if ctx.track_lsn {
             let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
                 .fetch_one(&mut *conn)
                 .await
@@ -251,6 +251,34 @@ impl Db {
         (0..n)
             .map(move |i| &self.replicas[(start + i) % n])
             .filter(|r| r.is_usable())
+    }
+
+    /// Runs `query` on the named node, whatever its health: for tools that inspect one node
+    /// (the probe's visibility poll, the console). Read-only like every read.
+    pub async fn read_from<T, F>(&self, node: &str, query: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        let pool = if node == PRIMARY {
+            &self.primary_reads
+        } else {
+            &self
+                .replicas
+                .iter()
+                .find(|r| r.name == node)
+                .ok_or_else(|| DbError::UnknownNode(node.to_owned()))?
+                .pool
+        };
+        let on_node = |e| DbError::from_sqlx(node, e);
+        let mut conn = pool.acquire().await.map_err(on_node)?;
+        query(&mut conn).await.map_err(on_node)
+    }
+
+    /// The names of every node: `primary`, then `replica1`...
+    pub fn node_names(&self) -> Vec<String> {
+        std::iter::once(PRIMARY.to_owned())
+            .chain(self.replicas.iter().map(|r| r.name.clone()))
+            .collect()
     }
 
     pub fn replica_statuses(&self) -> Vec<ReplicaStatus> {

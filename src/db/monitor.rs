@@ -1,23 +1,72 @@
 //! The replica monitor: a background task that checks every replica on an interval and
 //! excludes those that are down, not replicas, or lagging past the limit.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use super::replica::{Observation, Replica};
 use super::{Db, Lsn};
 
-/// Checks all replicas once, concurrently, each bounded by `limit`.
-pub async fn check_all(db: &Db, limit: Duration) {
+/// The primary's WAL positions at recent checks, oldest first. A replica's lag is how long
+/// ago the primary passed the replica's replay position: unlike the age of the replica's last
+/// replayed commit, that does not grow while the primary is idle.
+#[derive(Debug, Default)]
+pub struct History {
+    samples: VecDeque<(Instant, Lsn)>,
+    capacity: usize,
+}
+
+impl History {
+    /// Enough samples to span `max_lag` at one per `interval`, so any lag past the limit shows.
+    pub fn new(interval: Duration, max_lag: Duration) -> Self {
+        let needed = max_lag.as_millis() / interval.as_millis().max(1) + 2;
+        Self {
+            samples: VecDeque::new(),
+            capacity: usize::try_from(needed).unwrap_or(usize::MAX).clamp(2, 4096),
+        }
+    }
+
+    fn push(&mut self, at: Instant, lsn: Lsn) {
+        if self.samples.len() == self.capacity {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, lsn));
+    }
+
+    /// Bytes behind the newest sample and how long ago the primary first stood past `replayed`.
+    fn behind(&self, replayed: Lsn, now: Instant) -> Option<(u64, Duration)> {
+        let &(_, newest) = self.samples.back()?;
+        let since = self
+            .samples
+            .iter()
+            .find(|(_, lsn)| *lsn > replayed)
+            .map_or(Duration::ZERO, |(at, _)| now.saturating_duration_since(*at));
+        Some((replayed.bytes_behind(newest), since))
+    }
+}
+
+/// Checks all replicas once, each bounded by `limit`.
+pub async fn check_all(db: &Db, limit: Duration, history: &mut History) {
+    let sampled = Instant::now();
     let primary_lsn = tokio::time::timeout(limit, primary_lsn(db))
         .await
         .ok()
         .and_then(Result::ok);
+    if let Some(lsn) = primary_lsn {
+        history.push(sampled, lsn);
+    }
+    let history = &*history;
     let checks = db.replicas().iter().map(|replica| async move {
         match tokio::time::timeout(limit, observe(replica)).await {
-            Ok(Ok(seen)) => replica.record(seen, primary_lsn, db.routing().max_lag),
+            Ok(Ok(seen)) => {
+                let behind = primary_lsn
+                    .zip(seen.replay_lsn)
+                    .and_then(|(_, replayed)| history.behind(replayed, Instant::now()));
+                replica.record(seen, behind, db.routing().max_lag);
+            }
             Ok(Err(e)) => replica.mark_unreachable(&e),
             Err(_) => {
                 replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))
@@ -34,12 +83,13 @@ pub async fn check_all(db: &Db, limit: Duration) {
 pub fn spawn(db: Arc<Db>) -> JoinHandle<()> {
     let interval = db.routing().check_interval;
     let limit = interval.clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut history = History::new(interval, db.routing().max_lag);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            check_all(&db, limit).await;
+            check_all(&db, limit, &mut history).await;
         }
     })
 }
@@ -66,4 +116,33 @@ async fn observe(replica: &Replica) -> Result<Observation, sqlx::Error> {
             .filter(|ms| ms.is_finite())
             .map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_the_time_since_the_primary_passed_the_replica() {
+        let t0 = Instant::now();
+        let mut history = History::new(Duration::from_secs(1), Duration::from_secs(3));
+        for (i, lsn) in [100, 100, 200, 300, 300, 300, 300].into_iter().enumerate() {
+            history.push(t0 + Duration::from_secs(i as u64), Lsn(lsn));
+        }
+        let now = t0 + Duration::from_secs(6);
+        // Idle primary, caught-up replica: no lag however old the last commit is.
+        assert_eq!(history.behind(Lsn(300), now), Some((0, Duration::ZERO)));
+        // The primary passed 150 at the sample taken at t0 + 2 s.
+        assert_eq!(
+            history.behind(Lsn(150), now),
+            Some((150, Duration::from_secs(4)))
+        );
+        // Older than the history: at least as old as the oldest sample kept.
+        assert!(history.samples.len() <= 5);
+        assert!(
+            history
+                .behind(Lsn(50), now)
+                .is_some_and(|(_, lag)| lag >= Duration::from_secs(4))
+        );
+    }
 }

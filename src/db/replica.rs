@@ -23,8 +23,8 @@ pub struct ReplicaState {
     pub in_recovery: bool,
     pub replay_lsn: Option<Lsn>,
     pub bytes_behind: Option<u64>,
-    /// How long the replica has trailed the primary: zero when it has replayed everything
-    /// the primary had written when checked, else the age of its last replayed commit.
+    /// How long ago the primary passed the position the replica has replayed to: zero when
+    /// it has replayed everything, accurate to one monitor interval.
     pub lag_ms: Option<u64>,
     /// `now() - pg_last_xact_replay_timestamp()` on the replica, reported as is: it grows
     /// while the primary is idle even though nothing is missing.
@@ -96,28 +96,24 @@ impl Replica {
         state.problem = Some(format!("unreachable: {error}"));
     }
 
-    /// Records a successful check. `primary_lsn` is the primary's position taken just before;
-    /// without it (primary down) the previous lag figures stand.
-    pub fn record(&self, seen: Observation, primary_lsn: Option<Lsn>, max_lag: Duration) {
+    /// Records a successful check. `behind_for` is how long ago the primary passed the
+    /// replica's replay position (zero when caught up); `None` (primary down) keeps the
+    /// previous lag.
+    pub fn record(&self, seen: Observation, behind: Option<(u64, Duration)>, max_lag: Duration) {
         let mut state = self.state();
         state.reachable = true;
         state.in_recovery = seen.in_recovery;
         state.replay_lsn = seen.replay_lsn;
         state.last_replay_age_ms = seen.last_replay_age.map(millis);
-        if let (Some(primary), Some(replayed)) = (primary_lsn, seen.replay_lsn) {
-            let behind = replayed.bytes_behind(primary);
-            state.bytes_behind = Some(behind);
-            state.lag_ms = if behind == 0 {
-                Some(0)
-            } else {
-                seen.last_replay_age.map(millis)
-            };
+        if let Some((bytes, lag)) = behind {
+            state.bytes_behind = Some(bytes);
+            state.lag_ms = Some(millis(lag));
         }
         let problem = if !seen.in_recovery {
             Some("not in recovery: this node is not a replica".to_owned())
         } else {
             match state.lag_ms {
-                None => Some("lag unknown".to_owned()),
+                None => Some("lag unknown: the primary has not been reached yet".to_owned()),
                 Some(lag) if lag > millis(max_lag) => Some(format!(
                     "lagging {lag} ms, over the {} ms limit",
                     millis(max_lag)

@@ -2,6 +2,7 @@
 
 mod health;
 mod index;
+mod test;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -24,6 +25,9 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.config.request_timeout;
     Router::new()
         .route("/", get(index::index))
+        .route("/test", get(test::page))
+        .route("/test.json", get(test::json))
+        .route("/test/read.json", get(test::read_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/static/style.css", get(stylesheet))

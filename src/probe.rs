@@ -1,0 +1,257 @@
+//! The staleness probe: write a row on the primary, read it straight back through the read
+//! route, and time how long the answering replica took to show it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::db::{Consistency, Db, DbError, Lsn, ReadContext, Routed};
+
+pub const DEFAULT_PROBES: u32 = 10;
+pub const MAX_PROBES: u32 = 200;
+/// How long a stale row is watched for on its replica before it is reported as not visible.
+pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
+const POLL_EVERY: Duration = Duration::from_millis(5);
+/// Probe rows kept; older ones are deleted at the start of every run.
+const KEEP_ROWS: i64 = 10_000;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Probe {
+    pub seq: u32,
+    pub id: i64,
+    pub node: String,
+    pub reason: String,
+    pub on_replica: bool,
+    pub stale: bool,
+    /// `pg_is_in_recovery()` on the connection that answered: proof of where the read ran.
+    pub in_recovery: bool,
+    pub commit_lsn: Option<Lsn>,
+    /// How far the answering node had replayed when it answered; `None` on the primary.
+    pub replay_lsn: Option<Lsn>,
+    /// From the commit to the read-back's answer.
+    pub read_ms: f64,
+    /// From the commit until the row was visible on the replica that answered; `None` when
+    /// the primary answered, or when the row did not show within [`VISIBLE_WITHIN`].
+    pub visible_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub mode: Consistency,
+    pub probes: usize,
+    pub stale: usize,
+    pub stale_share: f64,
+    pub replica_reads: usize,
+    pub replica_share: f64,
+    pub visible_p50_ms: Option<f64>,
+    pub visible_p95_ms: Option<f64>,
+    pub visible_max_ms: Option<f64>,
+    /// Stale reads whose row had not shown on the replica within the watch window.
+    pub not_visible: usize,
+    /// The median time one probe took: write, read back, and any causal wait.
+    pub probe_p50_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub summary: Summary,
+    pub probes: Vec<Probe>,
+}
+
+/// What a read-back of one row found.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ReadBack {
+    pub found: bool,
+    pub in_recovery: bool,
+    pub replay_lsn: Option<String>,
+}
+
+/// Reads row `id` back and says where the read ran.
+pub async fn read_back(conn: &mut PgConnection, id: i64) -> Result<ReadBack, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM probe WHERE id = $1) AS found, \
+                pg_is_in_recovery() AS in_recovery, \
+                pg_last_wal_replay_lsn()::text AS replay_lsn",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await
+}
+
+/// Runs `n` probes in a row in `ctx.mode`; returns the run and the context with this
+/// session's last write, for the caller to keep in the session.
+pub async fn run(
+    db: &Db,
+    instance: &str,
+    mut ctx: ReadContext,
+    n: u32,
+) -> Result<(Run, ReadContext), DbError> {
+    prune(db).await?;
+    ctx.track_lsn = true;
+    let mut probes = Vec::with_capacity(n as usize);
+    let mut committed_at = Vec::with_capacity(n as usize);
+    let mut durations = Vec::with_capacity(n as usize);
+    for seq in 1..=n {
+        let started = Instant::now();
+        let owner = instance.to_owned();
+        let id: i64 = db
+            .write(&mut ctx, move |c| {
+                Box::pin(
+                    sqlx::query_scalar("INSERT INTO probe (instance) VALUES ($1) RETURNING id")
+                        .bind(owner)
+                        .fetch_one(c),
+                )
+            })
+            .await?;
+        let committed = Instant::now();
+        let Routed {
+            value: seen,
+            node,
+            reason,
+        } = db.read(&ctx, |c| Box::pin(read_back(c, id))).await?;
+        let read_ms = ms(committed.elapsed());
+        durations.push(ms(started.elapsed()));
+        committed_at.push(committed);
+        probes.push(Probe {
+            seq,
+            id,
+            on_replica: reason.on_replica(),
+            reason: reason.to_string(),
+            node,
+            stale: !seen.found,
+            in_recovery: seen.in_recovery,
+            commit_lsn: ctx.last_write.and_then(|w| w.lsn),
+            replay_lsn: seen.replay_lsn.and_then(|t| t.parse().ok()),
+            read_ms,
+            visible_ms: None,
+        });
+    }
+    watch_until_visible(db, &mut probes, &committed_at).await;
+    let summary = summarize(ctx.mode, &probes, &mut durations);
+    Ok((Run { summary, probes }, ctx))
+}
+
+/// Keeps the probe table small whatever the traffic: only the newest rows survive.
+async fn prune(db: &Db) -> Result<(), DbError> {
+    let mut scratch = ReadContext::new(Consistency::Eventual, None);
+    db.write(&mut scratch, |c| {
+        Box::pin(
+            sqlx::query("DELETE FROM probe WHERE id < (SELECT max(id) FROM probe) - $1")
+                .bind(KEEP_ROWS)
+                .execute(c),
+        )
+    })
+    .await
+    .map(drop)
+}
+
+/// Polls each replica that answered stale for the rows it had not shown yet, and records
+/// when each appeared. Fresh replica reads were visible by the time they answered.
+async fn watch_until_visible(db: &Db, probes: &mut [Probe], committed_at: &[Instant]) {
+    let mut waiting: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, probe) in probes.iter_mut().enumerate() {
+        if !probe.on_replica {
+            continue;
+        }
+        if probe.stale {
+            waiting.entry(probe.node.clone()).or_default().push(i);
+        } else {
+            probe.visible_ms = Some(probe.read_ms);
+        }
+    }
+    while !waiting.is_empty() {
+        for (node, pending) in &mut waiting {
+            let ids: Vec<i64> = pending.iter().map(|&i| probes[i].id).collect();
+            let seen = db
+                .read_from(node, move |c| {
+                    Box::pin(
+                        sqlx::query_scalar::<_, i64>("SELECT id FROM probe WHERE id = ANY($1)")
+                            .bind(ids)
+                            .fetch_all(c),
+                    )
+                })
+                .await;
+            let seen = match seen {
+                Ok(seen) => seen,
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "probe visibility poll failed");
+                    Vec::new()
+                }
+            };
+            pending.retain(|&i| {
+                if seen.contains(&probes[i].id) {
+                    probes[i].visible_ms = Some(ms(committed_at[i].elapsed()));
+                    false
+                } else {
+                    committed_at[i].elapsed() < VISIBLE_WITHIN
+                }
+            });
+        }
+        waiting.retain(|_, pending| !pending.is_empty());
+        if !waiting.is_empty() {
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+}
+
+fn summarize(mode: Consistency, probes: &[Probe], durations: &mut [f64]) -> Summary {
+    let count = probes.len();
+    let stale = probes.iter().filter(|p| p.stale).count();
+    let replica_reads = probes.iter().filter(|p| p.on_replica).count();
+    let mut visible: Vec<f64> = probes.iter().filter_map(|p| p.visible_ms).collect();
+    visible.sort_by(f64::total_cmp);
+    durations.sort_by(f64::total_cmp);
+    Summary {
+        mode,
+        probes: count,
+        stale,
+        stale_share: share(stale, count),
+        replica_reads,
+        replica_share: share(replica_reads, count),
+        visible_p50_ms: percentile(&visible, 50),
+        visible_p95_ms: percentile(&visible, 95),
+        visible_max_ms: visible.last().copied(),
+        not_visible: probes
+            .iter()
+            .filter(|p| p.stale && p.visible_ms.is_none())
+            .count(),
+        probe_p50_ms: percentile(durations, 50).unwrap_or(0.0),
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], pct: usize) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (pct * sorted.len()).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+fn share(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50), Some(50.0));
+        assert_eq!(percentile(&v, 95), Some(95.0));
+        assert_eq!(percentile(&[7.0], 95), Some(7.0));
+        assert_eq!(percentile(&[], 50), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! `/test`: measure read-after-write staleness in one or every consistency mode.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
+use tower_sessions::Session;
+
+use crate::db::replication::WalSender;
+use crate::db::{Consistency, ReplicaStatus};
+use crate::error::{AppError, JsonError};
+use crate::probe::{self, DEFAULT_PROBES, MAX_PROBES, Run};
+use crate::session::Visit;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    instance: String,
+    probes_per_mode: u32,
+    runs: Vec<Run>,
+    replicas: Vec<ReplicaStatus>,
+    /// `pg_stat_replication` on the primary; empty with `wal_senders_unavailable` set when
+    /// it could not be read.
+    wal_senders: Vec<WalSender>,
+    wal_senders_unavailable: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "test.html")]
+pub struct TestPage {
+    report: Report,
+    modes: Vec<&'static str>,
+    selected: String,
+    visible_within_s: u64,
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    session: Session,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<TestPage, AppError> {
+    let selected = params.get("mode").cloned().unwrap_or_default();
+    let report = measure(&state, session, &params).await?;
+    Ok(TestPage {
+        report,
+        modes: Consistency::ALL
+            .iter()
+            .map(|m| m.as_str())
+            .chain(["all"])
+            .collect(),
+        selected,
+        visible_within_s: probe::VISIBLE_WITHIN.as_secs(),
+    })
+}
+
+pub async fn json(
+    State(state): State<AppState>,
+    session: Session,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Report>, JsonError> {
+    Ok(Json(measure(&state, session, &params).await?))
+}
+
+async fn measure(
+    state: &AppState,
+    session: Session,
+    params: &HashMap<String, String>,
+) -> Result<Report, AppError> {
+    let n = parse_n(params.get("n"))?;
+    let modes = parse_modes(params.get("mode"), state.config.routing.consistency)?;
+    let _permit = probe_slot(state)?;
+    let mut visit = Visit::open(session, &state.sessions).await;
+    let mut runs = Vec::with_capacity(modes.len());
+    for mode in modes {
+        let ctx = visit.read_context(mode);
+        let (run, ctx) = probe::run(&state.db, &state.config.instance, ctx, n).await?;
+        visit.remember_write(&ctx).await;
+        runs.push(run);
+    }
+    let wal_senders = state.db.wal_senders().await;
+    if let Err(e) = &wal_senders {
+        tracing::warn!(error = %e, "pg_stat_replication unavailable");
+    }
+    Ok(Report {
+        instance: state.config.instance.clone(),
+        probes_per_mode: n,
+        runs,
+        replicas: state.db.replica_statuses(),
+        wal_senders_unavailable: wal_senders.is_err(),
+        wal_senders: wal_senders.unwrap_or_default(),
+    })
+}
+
+/// `/test` writes up to 600 rows a call: a few may run at once per instance, the rest get 429.
+fn probe_slot(state: &AppState) -> Result<OwnedSemaphorePermit, AppError> {
+    state.probe_slots.clone().try_acquire_owned().map_err(|_| {
+        AppError::TooManyRequests(
+            "Staleness tests are already running on this instance; retry in a few seconds.".into(),
+        )
+    })
+}
+
+fn parse_n(raw: Option<&String>) -> Result<u32, AppError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_PROBES);
+    };
+    raw.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_PROBES).contains(n))
+        .ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "n must be a whole number from 1 to {MAX_PROBES} (the number of probes per mode)"
+            ))
+        })
+}
+
+fn parse_modes(raw: Option<&String>, default: Consistency) -> Result<Vec<Consistency>, AppError> {
+    match raw.map(|m| m.trim()) {
+        None | Some("") => Ok(vec![default]),
+        Some("all") => Ok(Consistency::ALL.to_vec()),
+        Some(other) => other.parse().map(|m| vec![m]).map_err(|_| {
+            AppError::BadRequest("mode must be one of eventual, sticky, causal or all".into())
+        }),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadBackReport {
+    id: i64,
+    found: bool,
+    node: String,
+    reason: String,
+    in_recovery: bool,
+}
+
+/// `GET /test/read.json?id=N&mode=M`: reads probe row N back through the read route with this
+/// session's consistency state, which lives in Redis: written on one instance, read on another.
+pub async fn read_json(
+    State(state): State<AppState>,
+    session: Session,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ReadBackReport>, JsonError> {
+    let id = params
+        .get("id")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::BadRequest("id must be a positive whole number".into()))?;
+    let mode = parse_modes(params.get("mode"), state.config.routing.consistency)?;
+    let [mode] = mode[..] else {
+        return Err(
+            AppError::BadRequest("mode must be one of eventual, sticky or causal".into()).into(),
+        );
+    };
+    let visit = Visit::open(session, &state.sessions).await;
+    let ctx = visit.read_context(mode);
+    let read = state
+        .db
+        .read(&ctx, |c| Box::pin(probe::read_back(c, id)))
+        .await?;
+    Ok(Json(ReadBackReport {
+        id,
+        found: read.value.found,
+        in_recovery: read.value.in_recovery,
+        reason: read.reason.to_string(),
+        node: read.node,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n_is_bounded_with_a_message_naming_the_range() {
+        for bad in ["0", "10000", "abc", "-1", ""] {
+            let err = parse_n(Some(&bad.to_owned())).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains("1 to 200")),
+                "{bad}: {err:?}"
+            );
+        }
+        assert_eq!(parse_n(None).ok(), Some(DEFAULT_PROBES));
+        assert_eq!(parse_n(Some(&"200".to_owned())).ok(), Some(200));
+    }
+
+    #[test]
+    fn modes_parse_including_all() {
+        let all = parse_modes(Some(&"all".to_owned()), Consistency::Eventual).ok();
+        assert_eq!(all, Some(Consistency::ALL.to_vec()));
+        let bogus = parse_modes(Some(&"bogus".to_owned()), Consistency::Eventual).err();
+        assert!(bogus.is_some_and(|e| e.to_string().contains("eventual, sticky, causal")));
+    }
+}

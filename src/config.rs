@@ -104,8 +104,10 @@ impl Config {
         let r = Reader(src);
         let db = DbConfig {
             primary_url: SecretUrl::new(r.string("DATABASE_URL", DEFAULT_DATABASE_URL)),
-            replica_urls: r
-                .string("DATABASE_REPLICA_URLS", DEFAULT_REPLICA_URLS)
+            // Set but empty means "no replicas"; only an unset variable takes the default.
+            replica_urls: src
+                .get("DATABASE_REPLICA_URLS")
+                .unwrap_or_else(|| DEFAULT_REPLICA_URLS.to_owned())
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -258,8 +260,10 @@ mod tests {
 
     #[test]
     fn empty_replica_list_means_no_replicas() -> Result<(), ConfigError> {
-        let config = Config::from_source(&[("DATABASE_REPLICA_URLS", " , ")])?;
-        assert!(config.db.replica_urls.is_empty());
+        for empty in ["", " , "] {
+            let config = Config::from_source(&[("DATABASE_REPLICA_URLS", empty)])?;
+            assert!(config.db.replica_urls.is_empty(), "{empty:?}");
+        }
         Ok(())
     }
 

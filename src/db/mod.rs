@@ -206,10 +206,10 @@ impl Db {
         for replica in self.usable_replicas() {
             let result = async {
                 let mut conn = replica.pool.acquire().await?;
-                if let Some(lsn) = must_replay {
-                    if !wait_for_replay(replica, &mut conn, lsn, deadline).await? {
-                        return Ok(None);
-                    }
+                if let Some(lsn) = must_replay
+                    && !wait_for_replay(replica, &mut conn, lsn, deadline).await?
+                {
+                    return Ok(None);
                 }
                 query(&mut conn).await.map(Some)
             }

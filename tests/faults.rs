@@ -1,0 +1,73 @@
+//! Stopping parts of the stack: reads move, errors are fast and clear, and everything
+//! recovers without restarting the web tier.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, eventually, get_page, text_of};
+
+#[tokio::test]
+async fn with_every_replica_stopped_reads_use_the_primary_and_then_return() {
+    let stack = common::Stack::get();
+    let client = client();
+    let names = ["replica1", "replica2", "replica3"];
+    let stopped: Vec<_> = names[..stack.replicas as usize]
+        .iter()
+        .map(|name| stack.stopped(name))
+        .collect();
+    for _ in 0..6 {
+        let (status, page) = get_page(&client, &stack.url).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(text_of(&page, "read-node"), Some("primary"));
+    }
+    drop(stopped);
+    eventually(
+        Duration::from_secs(15),
+        "reads back on a replica",
+        || async {
+            let (_, page) = get_page(&client, &stack.url).await;
+            text_of(&page, "read-node").is_some_and(|n| n.starts_with("replica"))
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn with_one_replica_stopped_reads_use_the_other() {
+    let stack = common::Stack::get();
+    assert!(stack.replicas >= 2, "the test stack runs two replicas");
+    let client = client();
+    let _stopped = stack.stopped("replica1");
+    let url = format!("{}/test.json?mode=eventual&n=10", stack.url);
+    for _ in 0..3 {
+        let (status, report) = common::get_json(&client, &url).await;
+        assert_eq!(status, 200, "{report}");
+        for probe in report["runs"][0]["probes"].as_array().unwrap() {
+            assert_eq!(probe["node"], "replica2", "{probe}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_the_primary_stopped_pages_fail_fast_and_recover() {
+    let stack = common::Stack::get();
+    let client = client();
+    let stopped = stack.stopped("primary");
+    let started = Instant::now();
+    let (status, page) = get_page(&client, &stack.url).await;
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{page}");
+    assert!(took < Duration::from_secs(3), "503 took {took:?}");
+    assert!(page.contains("The database is unavailable"), "{page}");
+    let (status, _) = get_page(&client, &format!("{}/readyz", stack.url)).await;
+    assert_eq!(status, 503);
+    drop(stopped);
+    eventually(
+        Duration::from_secs(15),
+        "200 after the primary returns",
+        || async { get_page(&client, &stack.url).await.0 == 200 },
+    )
+    .await;
+}

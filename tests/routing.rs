@@ -1,0 +1,85 @@
+//! The read/write router against real nodes: where each route lands, proven by asking the
+//! connection itself, and that the read route refuses writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use rwsplit::db::{Consistency, DbError, ReadContext, monitor};
+
+async fn in_recovery(c: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(c)
+        .await
+}
+
+#[tokio::test]
+async fn writes_reach_the_primary_and_reads_reach_a_replica() {
+    let stack = common::Stack::get();
+    let db = stack.db(stack.replicas);
+    let mut history = monitor::History::new(db.routing().check_interval, db.routing().max_lag);
+    monitor::check_all(&db, std::time::Duration::from_secs(2), &mut history).await;
+    let mut ctx = ReadContext::new(Consistency::Eventual, None);
+
+    let on_standby = db
+        .write(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
+    assert!(!on_standby, "the write route ran on a standby");
+
+    for _ in 0..stack.replicas * 2 {
+        let read = db.read(&ctx, |c| Box::pin(in_recovery(c))).await.unwrap();
+        assert!(
+            read.value,
+            "the read route ran on a primary (labelled {})",
+            read.node
+        );
+        assert!(read.node.starts_with("replica"), "{}", read.node);
+    }
+}
+
+async fn insert_through_read_route(replicas: u16) -> (String, DbError) {
+    let stack = common::Stack::get();
+    let db = stack.db(replicas);
+    let ctx = ReadContext::new(Consistency::Eventual, None);
+    let result = db
+        .read(&ctx, |c| {
+            Box::pin(
+                sqlx::query(
+                    "INSERT INTO request_log (method, path, client_addr, user_agent, instance) \
+                     VALUES ('GET', '/sneaky', '127.0.0.1', 'test', 'test')",
+                )
+                .execute(c),
+            )
+        })
+        .await;
+    let err = result.expect_err("a write went through the read route");
+    (err.to_string(), err)
+}
+
+#[tokio::test]
+async fn a_write_down_the_read_route_fails_with_replicas() {
+    let (text, err) = insert_through_read_route(common::Stack::get().replicas).await;
+    assert!(matches!(err, DbError::Query { .. }), "{err:?}");
+    assert!(text.contains("read-only transaction"), "{text}");
+}
+
+#[tokio::test]
+async fn a_write_down_the_read_route_fails_without_replicas() {
+    let (text, err) = insert_through_read_route(0).await;
+    assert!(
+        matches!(&err, DbError::Query { node, .. } if node == "primary"),
+        "{err:?}"
+    );
+    assert!(text.contains("read-only transaction"), "{text}");
+}
+
+#[tokio::test]
+async fn without_replicas_reads_say_they_used_the_primary() {
+    let stack = common::Stack::get();
+    let db = stack.db(0);
+    let ctx = ReadContext::new(Consistency::Eventual, None);
+    let read = db.read(&ctx, |c| Box::pin(in_recovery(c))).await.unwrap();
+    assert_eq!(read.node, "primary");
+    assert!(!read.value);
+    assert_eq!(read.reason.to_string(), "no replicas are configured");
+}

@@ -89,22 +89,12 @@ pub async fn run(
     n: u32,
 ) -> Result<(Run, ReadContext), DbError> {
     prune(db).await?;
-    ctx.track_lsn = true;
     let mut probes = Vec::with_capacity(n as usize);
     let mut committed_at = Vec::with_capacity(n as usize);
     let mut durations = Vec::with_capacity(n as usize);
     for seq in 1..=n {
         let started = Instant::now();
-        let owner = instance.to_owned();
-        let id: i64 = db
-            .write(&mut ctx, move |c| {
-                Box::pin(
-                    sqlx::query_scalar("INSERT INTO probe (instance) VALUES ($1) RETURNING id")
-                        .bind(owner)
-                        .fetch_one(c),
-                )
-            })
-            .await?;
+        let id = write(db, instance, &mut ctx).await?;
         let committed = Instant::now();
         let Routed {
             value: seen,
@@ -133,8 +123,22 @@ pub async fn run(
     Ok((Run { summary, probes }, ctx))
 }
 
+/// Writes one probe row on the primary; `ctx` records the write with its commit LSN.
+pub async fn write(db: &Db, instance: &str, ctx: &mut ReadContext) -> Result<i64, DbError> {
+    ctx.track_lsn = true;
+    let owner = instance.to_owned();
+    db.write(ctx, move |c| {
+        Box::pin(
+            sqlx::query_scalar("INSERT INTO probe (instance) VALUES ($1) RETURNING id")
+                .bind(owner)
+                .fetch_one(c),
+        )
+    })
+    .await
+}
+
 /// Keeps the probe table small whatever the traffic: only the newest rows survive.
-async fn prune(db: &Db) -> Result<(), DbError> {
+pub async fn prune(db: &Db) -> Result<(), DbError> {
     let mut scratch = ReadContext::new(Consistency::Eventual, None);
     db.write(&mut scratch, |c| {
         Box::pin(

@@ -83,17 +83,20 @@ async fn eventual_reads_spread_over_the_replicas() {
     assert_eq!(nodes, expected);
 }
 
-/// Writes a probe on web1, reads it back on web2 with the same session; returns how many of
-/// `n` read-backs missed the row.
+/// Writes a probe on web1, reads it back at once on web2 with the same session; returns how
+/// many of `n` read-backs missed the row.
 async fn cross_instance_misses(stack: &common::Stack, mode: &str, n: usize) -> usize {
     let client = client();
     let (web1, web2) = (stack.web_url(1), stack.web_url(2));
     let mut misses = 0;
     for _ in 0..n {
-        let (status, report) =
-            get_json(&client, &format!("{web1}/test.json?mode={mode}&n=1")).await;
-        assert_eq!(status, 200, "{report}");
-        let id = report["runs"][0]["probes"][0]["id"].as_i64().unwrap();
+        let (status, written) = get_json(&client, &format!("{web1}/test/write.json")).await;
+        assert_eq!(
+            (status, written["instance"].as_str()),
+            (200, Some("web1")),
+            "{written}"
+        );
+        let id = written["id"].as_i64().unwrap();
         let (status, read) = get_json(
             &client,
             &format!("{web2}/test/read.json?mode={mode}&id={id}"),

@@ -27,6 +27,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(index::index))
         .route("/test", get(test::page))
         .route("/test.json", get(test::json))
+        .route("/test/write.json", get(test::write_json))
         .route("/test/read.json", get(test::read_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

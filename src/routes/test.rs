@@ -130,6 +130,32 @@ fn parse_modes(raw: Option<&String>, default: Consistency) -> Result<Vec<Consist
 }
 
 #[derive(Debug, Serialize)]
+pub struct WriteReport {
+    id: i64,
+    instance: String,
+    commit_lsn: Option<crate::db::Lsn>,
+}
+
+/// `GET /test/write.json`: writes one probe row and keeps the write in the session, without
+/// waiting for replicas; `/test/read.json` on any instance then reads it back.
+pub async fn write_json(
+    State(state): State<AppState>,
+    session: Session,
+) -> Result<Json<WriteReport>, JsonError> {
+    let _permit = probe_slot(&state)?;
+    let mut visit = Visit::open(session, &state.sessions).await;
+    let mut ctx = visit.read_context(state.config.routing.consistency);
+    probe::prune(&state.db).await?;
+    let id = probe::write(&state.db, &state.config.instance, &mut ctx).await?;
+    visit.remember_write(&ctx).await;
+    Ok(Json(WriteReport {
+        id,
+        instance: state.config.instance.clone(),
+        commit_lsn: ctx.last_write.and_then(|w| w.lsn),
+    }))
+}
+
+#[derive(Debug, Serialize)]
 pub struct ReadBackReport {
     id: i64,
     found: bool,
@@ -140,6 +166,7 @@ pub struct ReadBackReport {
 
 /// `GET /test/read.json?id=N&mode=M`: reads probe row N back through the read route with this
 /// session's consistency state, which lives in Redis: written on one instance, read on another.
+/// Reads only, so it needs no probe slot.
 pub async fn read_json(
     State(state): State<AppState>,
     session: Session,

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod healthcheck;
 pub mod http;
 pub mod probe;
 pub mod request_log;

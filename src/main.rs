@@ -1,11 +1,12 @@
-//! `rwsplit [serve]` runs the web app; `rwsplit migrate` applies migrations and exits.
+//! `rwsplit [serve]` runs the web app; `rwsplit migrate` applies migrations and exits;
+//! `rwsplit healthcheck` asks a running instance's `/healthz` (for container health checks).
 
 use std::process::ExitCode;
 
 use rwsplit::config::Config;
 use rwsplit::{server, telemetry};
 
-const USAGE: &str = "usage: rwsplit [serve | migrate]\n\
+const USAGE: &str = "usage: rwsplit [serve | migrate | healthcheck]\n\
     Configuration comes from the environment; see README.md or .env.example.";
 
 #[tokio::main]
@@ -22,6 +23,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if command.as_deref() == Some("healthcheck") {
+        return match rwsplit::healthcheck::check(config.bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rwsplit: unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init(config.log_format);
     let result = match command.as_deref() {
         None | Some("serve") => server::serve(config).await,

@@ -71,3 +71,46 @@ async fn with_the_primary_stopped_pages_fail_fast_and_recover() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn with_redis_stopped_pages_still_work_and_never_read_stale() {
+    let stack = common::Stack::get();
+    let client = client();
+    let (status, _) = get_page(&client, &stack.url).await; // a session exists before Redis dies
+    assert_eq!(status, 200);
+    let stopped = stack.stopped("redis");
+    let fresh = common::client(); // and a visitor without one
+    for c in [&client, &fresh] {
+        for _ in 0..3 {
+            let (status, page) = get_page(c, &stack.url).await;
+            assert_eq!(status, 200, "{page}");
+            assert_eq!(text_of(&page, "visits"), Some("sessions unavailable"));
+            assert!(page.contains("<table id=\"log\">"));
+        }
+    }
+    // Sticky and causal cannot know the session's last write: they read the primary.
+    for mode in ["sticky", "causal"] {
+        let url = format!("{}/test.json?mode={mode}&n=5", stack.url);
+        let (status, report) = common::get_json(&client, &url).await;
+        assert_eq!(status, 200, "{report}");
+        for probe in report["runs"][0]["probes"].as_array().unwrap() {
+            assert_eq!(probe["node"], "primary", "{probe}");
+            assert!(
+                probe["reason"].as_str().unwrap().contains("session store"),
+                "{probe}"
+            );
+        }
+    }
+    let (status, _) = get_page(&client, &format!("{}/readyz", stack.url)).await;
+    assert_eq!(status, 503);
+    drop(stopped);
+    eventually(
+        Duration::from_secs(15),
+        "sessions counted again",
+        || async {
+            let (_, page) = get_page(&fresh, &stack.url).await;
+            text_of(&page, "visits").is_some_and(|v| v.parse::<u64>().is_ok())
+        },
+    )
+    .await;
+}

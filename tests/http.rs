@@ -147,3 +147,62 @@ async fn the_client_address_comes_from_the_trusted_proxy() {
     let page = res.text().await.unwrap();
     assert!(page.contains("<dt>Client</dt><dd>127.0.0.1</dd>"), "{page}");
 }
+
+#[tokio::test]
+async fn a_forged_session_cookie_starts_a_new_session() {
+    let stack = common::Stack::get();
+    for forged in [
+        "garbage",
+        "AAAAAAAAAAAAAAAAAAAAAA",
+        "<script>",
+        &"x".repeat(4000),
+    ] {
+        let res = reqwest::Client::new()
+            .get(&stack.url)
+            .header("cookie", format!("rwsplit_session={forged}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{forged}");
+        let cookie = res
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(cookie.starts_with("rwsplit_session="), "{forged}: {cookie}");
+        assert!(!cookie.contains(forged), "{forged}");
+        let page = res.text().await.unwrap();
+        assert_eq!(text_of(&page, "visits"), Some("1"));
+    }
+}
+
+#[tokio::test]
+async fn cookies_and_headers_are_locked_down() {
+    let stack = common::Stack::get();
+    let res = reqwest::Client::new().get(&stack.url).send().await.unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    // 128 random bits: tower-sessions ids print as 22 base64url characters.
+    let id = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("rwsplit_session=");
+    assert!(id.len() >= 22, "{id}");
+    let headers = res.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["x-frame-options"], "DENY");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let page = res.text().await.unwrap();
+    assert!(
+        !page.contains("<script") && !page.contains("style=\""),
+        "the page breaks its CSP"
+    );
+}

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
 pub use error::DbError;
@@ -32,6 +32,9 @@ use replica::Replica;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub const PRIMARY: &str = "primary";
+
+/// Pooled connections idle this long are pinged before use; busier ones are trusted.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A read result and the node that answered it.
 #[derive(Debug)]
@@ -73,6 +76,17 @@ impl Db {
                     .max_connections(size)
                     .acquire_timeout(acquire)
                     .idle_timeout(Duration::from_secs(60))
+                    // sqlx pings on every acquire by default: a round trip per query. Only a
+                    // connection that sat idle (through a restart, say) is worth checking.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= PING_IF_IDLE_FOR {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_lazy_with(options),
             )
         };

@@ -10,6 +10,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -19,42 +20,9 @@ use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole application; tests and `serve` both start here.
-pub fn app(state: AppState) -> Router {
-    let sessions = session::layer(state.sessions.clone(), &state.config.session);
-    let timeout = state.config.request_timeout;
-    Router::new()
-        .route("/", get(index::index))
-        .route("/test", get(test::page))
-        .route("/test.json", get(test::json))
-        .route("/test/write.json", get(test::write_json))
-        .route("/test/read.json", get(test::read_json))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/static/style.css", get(stylesheet))
-        .fallback(|| async { AppError::NotFound })
-        .layer(sessions)
-        .with_state(state)
-        // Outermost last: the id is set first, so the trace span and the response carry it.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get(&REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("-", MatchedPath::as_str);
-            tracing::info_span!("request", method = %req.method(), route, request_id = id)
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-}
+/// The pages use one same-origin stylesheet, no scripts, no inline styles and no frames.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn stylesheet() -> impl IntoResponse {
     (

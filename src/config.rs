@@ -27,6 +27,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct DbConfig {
     pub primary_url: SecretUrl,
+    /// Who runs migrations: a role that may change the schema, unlike the app's own.
+    pub migration_url: SecretUrl,
     pub replica_urls: Vec<SecretUrl>,
     pub primary_pool_size: u32,
     pub replica_pool_size: u32,
@@ -102,8 +104,10 @@ impl Config {
 
     pub fn from_source(src: &impl Source) -> Result<Self, ConfigError> {
         let r = Reader(src);
+        let primary_url = r.string("DATABASE_URL", DEFAULT_DATABASE_URL);
         let db = DbConfig {
-            primary_url: SecretUrl::new(r.string("DATABASE_URL", DEFAULT_DATABASE_URL)),
+            migration_url: SecretUrl::new(r.string("DATABASE_MIGRATION_URL", &primary_url)),
+            primary_url: SecretUrl::new(primary_url),
             // Set but empty means "no replicas"; only an unset variable takes the default.
             replica_urls: src
                 .get("DATABASE_REPLICA_URLS")
@@ -119,15 +123,13 @@ impl Config {
             replica_acquire_timeout: r.millis("REPLICA_ACQUIRE_TIMEOUT_MS", 250, 10..=60_000)?,
             statement_timeout: r.millis("DB_STATEMENT_TIMEOUT_MS", 5000, 10..=600_000)?,
         };
-        for (i, url) in std::iter::once(&db.primary_url)
-            .chain(&db.replica_urls)
-            .enumerate()
-        {
-            let var = if i == 0 {
-                "DATABASE_URL"
-            } else {
-                "DATABASE_REPLICA_URLS"
-            };
+        let urls = [
+            ("DATABASE_URL", &db.primary_url),
+            ("DATABASE_MIGRATION_URL", &db.migration_url),
+        ]
+        .into_iter()
+        .chain(db.replica_urls.iter().map(|u| ("DATABASE_REPLICA_URLS", u)));
+        for (var, url) in urls {
             if !url.expose().starts_with("postgres://")
                 && !url.expose().starts_with("postgresql://")
             {

@@ -35,10 +35,7 @@ async fn main() -> ExitCode {
     telemetry::init(config.log_format);
     let result = match command.as_deref() {
         None | Some("serve") => server::serve(config).await,
-        Some("migrate") => match server::state(config) {
-            Ok(state) => server::migrate(&state.db).await,
-            Err(e) => Err(e),
-        },
+        Some("migrate") => server::migrate(&config).await,
         Some(other) => {
             eprintln!("rwsplit: unknown command {other:?}\n{USAGE}");
             return ExitCode::from(2);

@@ -11,6 +11,7 @@ pub const MAX_INSTANCE: usize = 64;
 const MAX_METHOD: usize = 16;
 const MAX_ADDR: usize = 64;
 const MAX_TAG: usize = 16;
+const MAX_REQUEST_ID: usize = 64;
 
 /// A row about to be written.
 #[derive(Clone, Debug)]
@@ -21,6 +22,8 @@ pub struct NewEntry {
     pub user_agent: String,
     pub instance: String,
     pub session_tag: Option<String>,
+    /// The idempotency key: one row per key, however often the request is retried.
+    pub request_id: String,
 }
 
 impl NewEntry {
@@ -33,6 +36,7 @@ impl NewEntry {
             user_agent: truncate(self.user_agent, MAX_USER_AGENT),
             instance: truncate(self.instance, MAX_INSTANCE),
             session_tag: self.session_tag.map(|t| truncate(t, MAX_TAG)),
+            request_id: truncate(self.request_id, MAX_REQUEST_ID),
         }
     }
 }
@@ -50,10 +54,13 @@ pub struct Entry {
     pub session_tag: Option<String>,
 }
 
+/// Writes the row once per request id: a retried request gets the row its first attempt wrote.
 pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO request_log (method, path, client_addr, user_agent, instance, session_tag) \
-         VALUES ($1, $2, $3, $4, $5, $6) \
+    let inserted = sqlx::query_as(
+        "INSERT INTO request_log \
+             (method, path, client_addr, user_agent, instance, session_tag, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (request_id) DO NOTHING \
          RETURNING id, at, method, path, client_addr, user_agent, instance, session_tag",
     )
     .bind(entry.method)
@@ -62,8 +69,22 @@ pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, s
     .bind(entry.user_agent)
     .bind(entry.instance)
     .bind(entry.session_tag)
-    .fetch_one(conn)
-    .await
+    .bind(&entry.request_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match inserted {
+        Some(entry) => Ok(entry),
+        // A new statement, so a new snapshot: it sees the first attempt's committed row.
+        None => {
+            sqlx::query_as(
+                "SELECT id, at, method, path, client_addr, user_agent, instance, session_tag \
+                 FROM request_log WHERE request_id = $1",
+            )
+            .bind(&entry.request_id)
+            .fetch_one(conn)
+            .await
+        }
+    }
 }
 
 pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {

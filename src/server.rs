@@ -28,10 +28,10 @@ pub fn state(config: Config) -> Result<AppState, BoxError> {
 }
 
 /// Applies migrations, retrying while the primary is still starting.
-pub async fn migrate(db: &Db) -> Result<(), BoxError> {
+pub async fn migrate(config: &Config) -> Result<(), BoxError> {
     let started = Instant::now();
     loop {
-        match db.migrate().await {
+        match Db::migrate(&config.db.migration_url).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e))
                 if DbError::is_unavailable_error(&e) && started.elapsed() < MIGRATE_PATIENCE =>
@@ -59,7 +59,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         "starting"
     );
     if config.migrate_on_start {
-        migrate(&state.db).await?;
+        migrate(&config).await?;
     }
     let routing = &config.routing;
     let mut history = monitor::History::new(routing.check_interval, routing.max_lag);

@@ -83,3 +83,28 @@ async fn without_replicas_reads_say_they_used_the_primary() {
     assert!(!read.value);
     assert_eq!(read.reason.to_string(), "no replicas are configured");
 }
+
+#[tokio::test]
+async fn the_app_role_cannot_change_the_schema_or_create_roles() {
+    let stack = common::Stack::get();
+    let app = sqlx::PgPool::connect(&stack.app_url("primary"))
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE TABLE intruder (id int)",
+        "DROP TABLE request_log",
+        "ALTER TABLE request_log ADD COLUMN x int",
+        "CREATE ROLE intruder",
+        "TRUNCATE request_log",
+    ] {
+        let err = sqlx::query(ddl)
+            .execute(&app)
+            .await
+            .expect_err(ddl)
+            .to_string();
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{ddl}: {err}"
+        );
+    }
+}

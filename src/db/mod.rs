@@ -132,10 +132,15 @@ impl Db {
         !self.replicas.is_empty()
     }
 
-    /// Applies `migrations/` on the primary. sqlx holds an advisory lock while it runs, so
-    /// instances that start together apply each migration once.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!("./migrations").run(&self.primary).await
+    /// Applies `migrations/` on the primary as the migration role. sqlx holds an advisory lock
+    /// while it runs, so instances that start together apply each migration once.
+    pub async fn migrate(url: &SecretUrl) -> Result<(), sqlx::migrate::MigrateError> {
+        let options: PgConnectOptions = url.expose().parse()?;
+        let mut conn = PgConnection::connect_with(&options).await?;
+        let result = sqlx::migrate!("./migrations").run(&mut conn).await;
+        // The connection is dropped either way; a failed close changes nothing.
+        let _ = conn.close().await;
+        result
     }
 
     /// Runs `query` on the primary and records the write in `ctx`, so this session's later

@@ -41,6 +41,7 @@ pub async fn index(
 ) -> Result<IndexPage, AppError> {
     let config = &state.config;
     let mut visit = Visit::open(session, &state.sessions).await;
+    let from_proxy = config.trusted_proxies.trusts(peer.ip());
     let entry = NewEntry {
         method: method.to_string(),
         path: uri
@@ -56,6 +57,7 @@ pub async fn index(
             .unwrap_or_default(),
         instance: config.instance.clone(),
         session_tag: visit.tag().map(str::to_owned),
+        request_id: idempotency_key(&headers, from_proxy),
     }
     .truncated();
 
@@ -82,4 +84,15 @@ pub async fn index(
         session: visit.data,
         replicas_configured: state.db.has_replicas(),
     })
+}
+
+/// nginx's `X-Request-Id` is the same on every retry of one client request, so it makes the
+/// insert idempotent. Anyone else's is not trusted: a made-up id could collide on purpose.
+fn idempotency_key(headers: &HeaderMap, from_proxy: bool) -> String {
+    headers
+        .get("x-request-id")
+        .filter(|_| from_proxy)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }

@@ -176,3 +176,129 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::
     let status = res.status().as_u16();
     (status, res.json().await.expect("JSON body"))
 }
+
+/// What a bounded load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub ok: u64,
+    /// Responses that were not 200, and requests that got no response at all.
+    pub failed: u64,
+    pub statuses: std::collections::BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+}
+
+/// GETs `url` from `concurrency` tasks, each with its own cookie jar, until `limit` passes or
+/// `max_requests` have been sent. Loopback only; stops by itself.
+pub async fn load(url: &str, concurrency: usize, limit: Duration, max_requests: u64) -> LoadReport {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    assert!(
+        url.starts_with("http://127.0.0.1:"),
+        "load tests target loopback only"
+    );
+    let budget = Arc::new(AtomicU64::new(max_requests));
+    let deadline = Instant::now() + limit;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (url, budget) = (url.to_owned(), budget.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let mut report = LoadReport::default();
+                while Instant::now() < deadline
+                    && budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                        .is_ok()
+                {
+                    report.sent += 1;
+                    match client.get(&url).send().await {
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            // Read the body: a response cut short is a failure too.
+                            let complete = res.bytes().await.is_ok();
+                            *report.statuses.entry(status).or_default() += 1;
+                            if status == 200 && complete {
+                                report.ok += 1;
+                            } else {
+                                report.failed += 1;
+                            }
+                        }
+                        Err(_) => {
+                            report.transport_errors += 1;
+                            report.failed += 1;
+                        }
+                    }
+                }
+                report
+            })
+        })
+        .collect();
+    let mut total = LoadReport::default();
+    for task in tasks {
+        let part = task.await.expect("load task");
+        total.sent += part.sent;
+        total.ok += part.ok;
+        total.failed += part.failed;
+        total.transport_errors += part.transport_errors;
+        for (status, n) in part.statuses {
+            *total.statuses.entry(status).or_default() += n;
+        }
+    }
+    total
+}
+
+/// Rows in the request log, counted on the primary.
+pub async fn request_rows(stack: &Stack) -> i64 {
+    let admin = stack.admin("primary").await;
+    sqlx::query_scalar("SELECT count(*) FROM request_log")
+        .fetch_one(&admin)
+        .await
+        .expect("count")
+}
+
+/// One more web instance beside the stack's, with `overrides` in its environment; killed
+/// (it is our own child) when dropped.
+pub struct ExtraInstance {
+    child: tokio::process::Child,
+    pub url: String,
+}
+
+impl ExtraInstance {
+    pub async fn start(stack: &Stack, overrides: &[(&str, &str)]) -> Self {
+        let port = stack.base + 99;
+        let replicas: Vec<String> = (1..=stack.replicas)
+            .map(|n| stack.app_url(&format!("replica{n}")))
+            .collect();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rwsplit"))
+            .arg("serve")
+            .env("DATABASE_URL", stack.app_url("primary"))
+            .env("DATABASE_REPLICA_URLS", replicas.join(","))
+            .env(
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}/", stack.base + 79),
+            )
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("INSTANCE_NAME", "extra")
+            .envs(overrides.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn an extra instance");
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/healthz");
+        let probe = client();
+        eventually(Duration::from_secs(15), "extra instance up", || {
+            let probe = probe.clone();
+            let health = health.clone();
+            async move { probe.get(&health).send().await.is_ok() }
+        })
+        .await;
+        Self { child, url }
+    }
+}
+
+impl Drop for ExtraInstance {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

@@ -102,6 +102,7 @@ pub async fn run(
             reason,
         } = db.read(&ctx, |c| Box::pin(read_back(c, id))).await?;
         let read_ms = ms(committed.elapsed());
+        crate::observe::probe_read(ctx.mode, !seen.found);
         durations.push(ms(started.elapsed()));
         committed_at.push(committed);
         probes.push(Probe {

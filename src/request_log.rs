@@ -55,6 +55,29 @@ pub struct Entry {
 }
 
 /// Writes the row once per request id: a retried request gets the row its first attempt wrote.
+impl Entry {
+    /// `HH:MM:SS.mmm`, UTC: what the table shows.
+    pub fn time(&self) -> String {
+        let at = self.at.to_offset(time::UtcOffset::UTC);
+        format!(
+            "{:02}:{:02}:{:02}.{:03}",
+            at.hour(),
+            at.minute(),
+            at.second(),
+            at.millisecond()
+        )
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS.mmm UTC`.
+    pub fn timestamp(&self) -> String {
+        format!(
+            "{} {} UTC",
+            self.at.to_offset(time::UtcOffset::UTC).date(),
+            self.time()
+        )
+    }
+}
+
 pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
     let inserted = sqlx::query_as(
         "INSERT INTO request_log \

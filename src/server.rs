@@ -23,6 +23,7 @@ pub fn state(config: Config) -> Result<AppState, BoxError> {
         config: Arc::new(config),
         db: Arc::new(db),
         sessions,
+        metrics: crate::observe::install()?,
         probe_slots: Arc::new(tokio::sync::Semaphore::new(crate::state::PROBE_SLOTS)),
     })
 }

@@ -13,6 +13,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Arc<Db>,
     pub sessions: RedisStore,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bounds how many `/test` runs write probe rows at once on this instance.
     pub probe_slots: Arc<Semaphore>,
 }

@@ -206,3 +206,43 @@ async fn cookies_and_headers_are_locked_down() {
         "the page breaks its CSP"
     );
 }
+
+#[tokio::test]
+async fn metrics_are_served_by_instances_and_hidden_by_nginx() {
+    let stack = common::Stack::get();
+    let client = client();
+    for _ in 0..3 {
+        get_page(&client, &stack.web_url(1)).await;
+    }
+    let (status, text) = get_page(&client, &format!("{}/metrics", stack.web_url(1))).await;
+    assert_eq!(status, 200);
+    for series in [
+        "http_requests_total{route=\"/\",status=\"200\"}",
+        "http_request_duration_seconds_bucket{route=\"/\",status=\"200\",le=",
+        "db_reads_total{node=\"replica",
+        "replica_usable{replica=\"replica1\"} 1",
+        "replica_lag_bytes{replica=\"replica1\"}",
+        "db_pool_connections{pool=\"primary\",state=\"open\"}",
+    ] {
+        assert!(text.contains(series), "missing {series} in\n{text}");
+    }
+    let (status, _) = get_page(&client, &format!("{}/metrics", stack.url)).await;
+    assert_eq!(status, 404, "nginx must not publish /metrics");
+}
+
+#[tokio::test]
+async fn the_page_can_refresh_itself() {
+    let stack = common::Stack::get();
+    let client = client();
+    let (status, page) = get_page(&client, &format!("{}/?refresh=2", stack.url)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"2\">"));
+    let (status, page) = get_page(&client, &stack.url).await;
+    assert_eq!(status, 200);
+    assert!(!page.contains("http-equiv=\"refresh\""));
+    for bad in ["0", "61", "soon"] {
+        let (status, page) = get_page(&client, &format!("{}/?refresh={bad}", stack.url)).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(page.contains("from 1 to 60"));
+    }
+}

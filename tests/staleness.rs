@@ -239,7 +239,27 @@ async fn the_html_page_shows_every_mode_side_by_side() {
         "data-mode=\"causal\"",
         "pg_stat_replication",
         "replay_lag",
+        "<svg class=\"chart\"",
     ] {
         assert!(page.contains(needle), "missing {needle}");
     }
+}
+
+#[tokio::test]
+async fn the_chart_draws_one_mark_per_probe_and_shows_staleness() {
+    let stack = common::Stack::get();
+    let _delay = stack.delayed(500);
+    let res = client()
+        .get(format!("{}/test?mode=all&n=8", stack.url))
+        .send()
+        .await
+        .unwrap();
+    let page = res.text().await.unwrap();
+    let svg = &page[page.find("<svg").unwrap()..page.find("</svg>").unwrap()];
+    assert_eq!(svg.matches("<rect ").count(), 24, "3 modes x 8 probes");
+    // Eventual reads were stale and became visible after about the delay: tall bars.
+    assert!(svg.matches("class=\"stale\"").count() >= 4, "{svg}");
+    // Sticky and causal were answered by the primary.
+    assert!(svg.matches("class=\"primary\"").count() >= 16, "{svg}");
+    assert!(!svg.contains("style="), "inline styles would break the CSP");
 }

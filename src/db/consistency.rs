@@ -112,6 +112,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// A stable label for metrics: the `kind` the JSON carries.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::AnyReplica => "any_replica",
+            Self::Replayed { .. } => "replayed",
+            Self::StickyWindow { .. } => "sticky_window",
+            Self::CausalTimeout { .. } => "causal_timeout",
+            Self::SessionUnavailable => "session_unavailable",
+            Self::NoUsableReplica => "no_usable_replica",
+            Self::NoReplicas => "no_replicas",
+        }
+    }
+
     pub fn on_replica(self) -> bool {
         matches!(self, Self::AnyReplica | Self::Replayed { .. })
     }

@@ -174,9 +174,13 @@ impl Db {
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
         let reason = match self.replica_read(ctx, &mut query).await? {
-            Ok(routed) => return Ok(routed),
+            Ok(routed) => {
+                crate::observe::read(&routed.node, ctx.mode, routed.reason);
+                return Ok(routed);
+            }
             Err(reason) => reason,
         };
+        crate::observe::read(PRIMARY, ctx.mode, reason);
         if reason != Reason::NoReplicas {
             self.fallback_reads.fetch_add(1, Ordering::Relaxed);
         }
@@ -297,6 +301,20 @@ impl Db {
     pub fn node_names(&self) -> Vec<String> {
         std::iter::once(PRIMARY.to_owned())
             .chain(self.replicas.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// (pool, open connections, idle connections) for every pool.
+    pub fn pool_sizes(&self) -> Vec<(String, u32, usize)> {
+        let pools = [
+            ("primary", &self.primary),
+            ("primary_reads", &self.primary_reads),
+        ];
+        pools
+            .into_iter()
+            .map(|(name, pool)| (name.to_owned(), pool))
+            .chain(self.replicas.iter().map(|r| (r.name.clone(), &r.pool)))
+            .map(|(name, pool)| (name, pool.size(), pool.num_idle()))
             .collect()
     }
 

@@ -94,6 +94,7 @@ impl Replica {
         state.usable = false;
         state.reachable = false;
         state.problem = Some(format!("unreachable: {error}"));
+        crate::observe::replica(&self.name, &state);
     }
 
     /// Records a successful check. `behind_for` is how long ago the primary passed the
@@ -131,6 +132,7 @@ impl Replica {
         }
         state.usable = problem.is_none();
         state.problem = problem;
+        crate::observe::replica(&self.name, &state);
     }
 }
 

@@ -1,10 +1,11 @@
 //! `GET /`: log this request on the primary, show the last 25 read through the read route.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use tower_sessions::Session;
 
@@ -29,7 +30,11 @@ pub struct IndexPage {
     saw_own_write: bool,
     session: Option<SessionData>,
     replicas_configured: bool,
+    refresh: Option<u32>,
 }
+
+/// `?refresh=N` reloads the page every N seconds, from 1 to this.
+const MAX_REFRESH_SECS: u32 = 60;
 
 pub async fn index(
     State(state): State<AppState>,
@@ -37,8 +42,22 @@ pub async fn index(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
     session: Session,
 ) -> Result<IndexPage, AppError> {
+    let refresh = params
+        .get("refresh")
+        .map(|v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|s| (1..=MAX_REFRESH_SECS).contains(s))
+                .ok_or_else(|| {
+                    AppError::BadRequest(format!(
+                        "refresh must be a whole number of seconds from 1 to {MAX_REFRESH_SECS}"
+                    ))
+                })
+        })
+        .transpose()?;
     let config = &state.config;
     let mut visit = Visit::open(session, &state.sessions).await;
     let from_proxy = config.trusted_proxies.trusts(peer.ip());
@@ -83,6 +102,7 @@ pub async fn index(
         mode: ctx.mode,
         session: visit.data,
         replicas_configured: state.db.has_replicas(),
+        refresh,
     })
 }
 

@@ -37,8 +37,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/static/style.css", get(stylesheet))
+        .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound })
         .layer(sessions)
+        .layer(axum::middleware::from_fn(crate::observe::track))
         // Security headers on every response, whoever sits in front of the app.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -76,6 +78,17 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+/// Prometheus text format. nginx keeps this path off the public port.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        crate::observe::render(&state.metrics, &state.db),
+    )
 }
 
 async fn stylesheet() -> impl IntoResponse {

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 use tower_sessions::Session;
 
+use crate::chart::Chart;
 use crate::db::replication::WalSender;
 use crate::db::{Consistency, ReplicaStatus};
 use crate::error::{AppError, JsonError};
@@ -32,6 +33,7 @@ pub struct Report {
 #[derive(Template, WebTemplate)]
 #[template(path = "test.html")]
 pub struct TestPage {
+    chart: Chart,
     report: Report,
     modes: Vec<&'static str>,
     selected: String,
@@ -46,6 +48,7 @@ pub async fn page(
     let selected = params.get("mode").cloned().unwrap_or_default();
     let report = measure(&state, session, &params).await?;
     Ok(TestPage {
+        chart: Chart::new(&report.runs),
         report,
         modes: Consistency::ALL
             .iter()

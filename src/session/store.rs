@@ -68,6 +68,9 @@ impl RedisStore {
             ))),
         };
         let ok = result.is_ok();
+        if !ok {
+            crate::observe::redis_error();
+        }
         if self.healthy.swap(ok, Ordering::Relaxed) != ok {
             match &result {
                 Ok(_) => tracing::info!("Redis reachable again; sessions resume"),

@@ -279,6 +279,8 @@ impl ExtraInstance {
             )
             .env("BIND_ADDR", format!("127.0.0.1:{port}"))
             .env("INSTANCE_NAME", "extra")
+            // The stack has migrated; this instance's role may not change the schema anyway.
+            .env("MIGRATE_ON_START", "false")
             .envs(overrides.iter().copied())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)

@@ -277,15 +277,7 @@ async fn an_untrusted_peer_cannot_choose_its_logged_address_or_request_id() {
             .unwrap();
         let page = res.text().await.unwrap();
         assert!(page.contains("<dt>Client</dt><dd>127.0.0.1</dd>"), "{page}");
-        ids.push(
-            page.split("<dt>Row</dt><dd>#")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(text_of(&page, "row-id").unwrap().to_owned());
     }
     assert_ne!(
         ids[0], ids[1],
@@ -309,15 +301,7 @@ async fn a_retried_request_id_from_the_proxy_writes_one_row() {
             .unwrap();
         assert_eq!(res.status(), 200);
         let page = res.text().await.unwrap();
-        rows.push(
-            page.split("<dt>Row</dt><dd>#")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_owned(),
-        );
+        rows.push(text_of(&page, "row-id").unwrap().to_owned());
     }
     assert_eq!(rows[0], rows[1]);
     assert_eq!(request_rows(&stack).await - before, 1);

@@ -283,6 +283,7 @@ impl ExtraInstance {
             .env("MIGRATE_ON_START", "false")
             .envs(overrides.iter().copied())
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn an extra instance");

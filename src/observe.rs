@@ -3,7 +3,7 @@
 //! Names: `http_requests_total` and `http_request_duration_seconds` {route, status};
 //! `db_reads_total` {node, mode, reason}; `probe_reads_total` {mode, result};
 //! `replica_lag_bytes`, `replica_lag_seconds`, `replica_usable` {replica};
-//! `db_pool_connections` {pool, state}; `redis_errors_total`.
+//! `db_pool_connections` {pool, state}; `db_pool_waiting` {pool}; `redis_errors_total`.
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,24 @@ pub fn replica(name: &str, state: &ReplicaState) {
     }
     if let Some(ms) = state.lag_ms {
         gauge!("replica_lag_seconds", "replica" => name).set(ms as f64 / 1000.0);
+    }
+}
+
+/// Counts one caller waiting for a pooled connection while it lives. A guard, so a request
+/// cancelled mid-wait (by the request timeout) still counts itself out.
+#[derive(Debug)]
+pub struct Waiting(String);
+
+impl Waiting {
+    pub fn new(pool: &str) -> Self {
+        gauge!("db_pool_waiting", "pool" => pool.to_owned()).increment(1.0);
+        Self(pool.to_owned())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        gauge!("db_pool_waiting", "pool" => self.0.clone()).decrement(1.0);
     }
 }
 

@@ -223,6 +223,7 @@ async fn metrics_are_served_by_instances_and_hidden_by_nginx() {
         "replica_usable{replica=\"replica1\"} 1",
         "replica_lag_bytes{replica=\"replica1\"}",
         "db_pool_connections{pool=\"primary\",state=\"open\"}",
+        "db_pool_waiting{pool=\"primary\"} 0",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }

@@ -16,8 +16,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
 pub use error::DbError;
@@ -32,6 +33,9 @@ use replica::Replica;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub const PRIMARY: &str = "primary";
+
+/// The read-only pool on the primary, as metrics name it.
+const PRIMARY_READS: &str = "primary_reads";
 
 /// Pooled connections idle this long are pinged before use; busier ones are trusted.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -150,7 +154,7 @@ impl Db {
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
         let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
-        let mut conn = self.primary.acquire().await.map_err(on_primary)?;
+        let mut conn = acquire(PRIMARY, &self.primary).await.map_err(on_primary)?;
         let value = query(&mut conn).await.map_err(on_primary)?;
         let lsn = if ctx.track_lsn {
             let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
@@ -185,7 +189,9 @@ impl Db {
             self.fallback_reads.fetch_add(1, Ordering::Relaxed);
         }
         let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
-        let mut conn = self.primary_reads.acquire().await.map_err(on_primary)?;
+        let mut conn = acquire(PRIMARY_READS, &self.primary_reads)
+            .await
+            .map_err(on_primary)?;
         let value = query(&mut conn).await.map_err(on_primary)?;
         Ok(Routed {
             value,
@@ -228,7 +234,7 @@ impl Db {
         let mut timed_out = false;
         for replica in self.usable_replicas() {
             let result = async {
-                let mut conn = replica.pool.acquire().await?;
+                let mut conn = acquire(&replica.name, &replica.pool).await?;
                 if let Some(lsn) = must_replay
                     && !wait_for_replay(replica, &mut conn, lsn, deadline).await?
                 {
@@ -282,18 +288,17 @@ impl Db {
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
-        let pool = if node == PRIMARY {
-            &self.primary_reads
+        let (pool_name, pool) = if node == PRIMARY {
+            (PRIMARY_READS, &self.primary_reads)
         } else {
-            &self
-                .replicas
+            self.replicas
                 .iter()
                 .find(|r| r.name == node)
+                .map(|r| (r.name.as_str(), &r.pool))
                 .ok_or_else(|| DbError::UnknownNode(node.to_owned()))?
-                .pool
         };
         let on_node = |e| DbError::from_sqlx(node, e);
-        let mut conn = pool.acquire().await.map_err(on_node)?;
+        let mut conn = acquire(pool_name, pool).await.map_err(on_node)?;
         query(&mut conn).await.map_err(on_node)
     }
 
@@ -351,6 +356,12 @@ impl Db {
             replica.pool.close().await;
         }
     }
+}
+
+/// Acquires a connection, counting the callers waiting for one in `db_pool_waiting`.
+async fn acquire(pool_name: &str, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    let _waiting = crate::observe::Waiting::new(pool_name);
+    pool.acquire().await
 }
 
 /// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.

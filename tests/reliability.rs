@@ -323,3 +323,43 @@ async fn no_password_reaches_the_logs() {
     }
     assert!(checked >= 3, "no web logs found in {stack_dir}");
 }
+
+#[tokio::test]
+async fn a_busy_replica_pool_is_not_mistaken_for_a_dead_replica() {
+    let stack = common::Stack::get();
+    // Causal reads of writes the replicas replay 500 ms late hold each replica's single
+    // connection for the 300 ms causal wait: the other reads find the pools full.
+    let _delay = stack.delayed(500);
+    let extra = ExtraInstance::start(
+        &stack,
+        &[
+            ("REPLICA_POOL_SIZE", "1"),
+            ("REPLICA_ACQUIRE_TIMEOUT_MS", "10"),
+            ("READ_CONSISTENCY", "causal"),
+            ("CAUSAL_WAIT_MS", "300"),
+        ],
+    )
+    .await;
+    let pages: Vec<_> = (0..20)
+        .map(|_| {
+            let url = extra.url.clone();
+            tokio::spawn(async move { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    let mut busy = 0;
+    for page in pages {
+        let page = page.await.unwrap();
+        busy += usize::from(page.contains("every replica connection was in use"));
+    }
+    println!(
+        "RELIABILITY | replica pools of 1, 20 concurrent requests | reads sent on as busy: {busy}"
+    );
+    assert!(
+        busy >= 10,
+        "only {busy} of 20 found the pools full: the test proved little"
+    );
+    let (_, ready) = common::get_json(&client(), &format!("{}/readyz", extra.url)).await;
+    for replica in ready["replicas"].as_array().unwrap() {
+        assert_eq!(replica["usable"], true, "a busy pool excluded {replica}");
+    }
+}

@@ -107,6 +107,8 @@ pub enum Reason {
     SessionUnavailable,
     /// Every replica is down, lagging or excluded.
     NoUsableReplica,
+    /// Every usable replica's pool was fully in use for the whole acquire timeout.
+    ReplicasBusy,
     /// The deployment has no replicas.
     NoReplicas,
 }
@@ -121,6 +123,7 @@ impl Reason {
             Self::CausalTimeout { .. } => "causal_timeout",
             Self::SessionUnavailable => "session_unavailable",
             Self::NoUsableReplica => "no_usable_replica",
+            Self::ReplicasBusy => "replicas_busy",
             Self::NoReplicas => "no_replicas",
         }
     }
@@ -149,6 +152,7 @@ impl fmt::Display for Reason {
                 f.write_str("the session store is unavailable, so your last write is unknown")
             }
             Self::NoUsableReplica => f.write_str("no replica is usable right now"),
+            Self::ReplicasBusy => f.write_str("every replica connection was in use"),
             Self::NoReplicas => f.write_str("no replicas are configured"),
         }
     }

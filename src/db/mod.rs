@@ -232,6 +232,7 @@ impl Db {
         let started = Instant::now();
         let deadline = started + self.routing.causal_wait;
         let mut timed_out = false;
+        let mut busy = false;
         for replica in self.usable_replicas() {
             let result = async {
                 let mut conn = acquire(&replica.name, &replica.pool).await?;
@@ -258,6 +259,9 @@ impl Db {
                     }));
                 }
                 Ok(None) => timed_out = true,
+                // A full pool means this instance is busy, not that the replica is down:
+                // excluding it would push every read onto the primary at the worst moment.
+                Err(sqlx::Error::PoolTimedOut) if is_full(&replica.pool) => busy = true,
                 Err(e) => match DbError::from_sqlx(&replica.name, e) {
                     DbError::Unavailable { source, .. } => replica.mark_unreachable(&source),
                     other => return Err(other),
@@ -268,6 +272,8 @@ impl Db {
             Reason::CausalTimeout {
                 waited_ms: elapsed_ms(started),
             }
+        } else if busy {
+            Reason::ReplicasBusy
         } else {
             Reason::NoUsableReplica
         }))
@@ -356,6 +362,13 @@ impl Db {
             replica.pool.close().await;
         }
     }
+}
+
+/// Every connection the pool may open is open: a timeout then means they were all in use.
+/// (Idle ones are not excluded: one may come back between the timeout and this check.) A
+/// replica that froze with all connections open is caught by the monitor's own timed check.
+pub(crate) fn is_full(pool: &PgPool) -> bool {
+    pool.size() >= pool.options().get_max_connections()
 }
 
 /// Acquires a connection, counting the callers waiting for one in `db_pool_waiting`.

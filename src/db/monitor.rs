@@ -67,6 +67,8 @@ pub async fn check_all(db: &Db, limit: Duration, history: &mut History) {
                     .and_then(|(_, replayed)| history.behind(replayed, Instant::now()));
                 replica.record(seen, behind, db.routing().max_lag);
             }
+            // Every connection is busy serving reads: the replica answers; keep the last verdict.
+            Ok(Err(sqlx::Error::PoolTimedOut)) if super::is_full(&replica.pool) => {}
             Ok(Err(e)) => replica.mark_unreachable(&e),
             Err(_) => {
                 replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))

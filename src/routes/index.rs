@@ -22,15 +22,20 @@ const SHOWN_ROWS: i64 = 25;
 pub struct IndexPage {
     instance: String,
     written: Entry,
+    /// `None` when no node could serve the read in time after the write had committed.
+    read: Option<ReadView>,
+    mode: Consistency,
+    session: Option<SessionData>,
+    replicas_configured: bool,
+    refresh: Option<u32>,
+}
+
+pub struct ReadView {
     rows: Vec<Entry>,
     node: String,
     reason: String,
     on_replica: bool,
-    mode: Consistency,
     saw_own_write: bool,
-    session: Option<SessionData>,
-    replicas_configured: bool,
-    refresh: Option<u32>,
 }
 
 /// `?refresh=N` reloads the page every N seconds, from 1 to this.
@@ -85,20 +90,32 @@ pub async fn index(
         .db
         .write(&mut ctx, move |c| Box::pin(request_log::insert(c, entry)))
         .await?;
-    let read = state
+    // The row is committed: from here on, a node that cannot serve the read in time costs the
+    // table, not the request. A 503 now would report a failure for a request that was logged.
+    let read = match state
         .db
         .read(&ctx, |c| Box::pin(request_log::latest(c, SHOWN_ROWS)))
-        .await?;
+        .await
+    {
+        Ok(read) => Some(ReadView {
+            saw_own_write: read.value.iter().any(|row| row.id == written.id),
+            rows: read.value,
+            on_replica: read.reason.on_replica(),
+            reason: read.reason.to_string(),
+            node: read.node,
+        }),
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "read unavailable after the write; showing the write only");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     visit.record(&config.instance, &ctx, &config.session).await;
 
     Ok(IndexPage {
         instance: config.instance.clone(),
-        saw_own_write: read.value.iter().any(|row| row.id == written.id),
         written,
-        rows: read.value,
-        on_replica: read.reason.on_replica(),
-        reason: read.reason.to_string(),
-        node: read.node,
+        read,
         mode: ctx.mode,
         session: visit.data,
         replicas_configured: state.db.has_replicas(),

@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines, Stdin};
 use crate::config::Config;
 use crate::db::monitor::{self, History};
 use crate::db::{Consistency, Db, DbError, PRIMARY, ReadContext};
+use crate::params::whole_number;
 use crate::probe::{self, MAX_PROBES};
 use crate::request_log::{self, NewEntry};
 
@@ -323,25 +324,18 @@ impl Flags {
     }
 
     fn limit(&self) -> Result<i64, UsageError> {
-        bounded(self.get("--limit"), "--limit", 10, MAX_ROWS)
+        whole_number(self.get("--limit"), "--limit", 1..=MAX_ROWS)
+            .map(|n| n.unwrap_or(10))
+            .map_err(UsageError)
     }
 
     fn n(&self) -> Result<u32, UsageError> {
-        bounded(self.get("--n"), "--n", 10, i64::from(MAX_PROBES)).map(|n| n as u32)
+        whole_number(self.get("--n"), "--n", 1..=MAX_PROBES)
+            .map(|n| n.unwrap_or(10))
+            .map_err(UsageError)
     }
 
     fn modes(&self, default: Consistency) -> Result<Vec<Consistency>, UsageError> {
         parse_modes(self.get("--mode").unwrap_or(""), default)
-    }
-}
-
-fn bounded(raw: Option<&str>, flag: &str, default: i64, max: i64) -> Result<i64, UsageError> {
-    match raw {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| UsageError(format!("{flag} must be a whole number from 1 to {max}"))),
     }
 }

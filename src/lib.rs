@@ -11,6 +11,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod http;
 pub mod observe;
+pub mod params;
 pub mod probe;
 pub mod request_log;
 pub mod routes;

@@ -8,13 +8,10 @@ use std::process::{Command, Output, Stdio};
 use std::io::Write;
 
 fn rwsplit(stack: &common::Stack, args: &[&str], stdin: &str) -> Output {
-    let replicas: Vec<String> = (1..=stack.replicas)
-        .map(|n| stack.app_url(&format!("replica{n}")))
-        .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rwsplit"))
         .args(args)
         .env("DATABASE_URL", stack.app_url("primary"))
-        .env("DATABASE_REPLICA_URLS", replicas.join(","))
+        .env("DATABASE_REPLICA_URLS", stack.replica_urls(stack.replicas))
         .env("INSTANCE_NAME", "console-test")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

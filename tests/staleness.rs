@@ -10,11 +10,10 @@ use std::time::Duration;
 use common::{client, eventually, get_json};
 use serde_json::Value;
 
-async fn run(stack: &common::Stack, base: &str, mode: &str, n: u32) -> Value {
+async fn run(base: &str, mode: &str, n: u32) -> Value {
     let url = format!("{base}/test.json?mode={mode}&n={n}");
     let (status, report) = get_json(&client(), &url).await;
     assert_eq!(status, 200, "{report}");
-    let _ = stack;
     report["runs"][0].clone()
 }
 
@@ -22,7 +21,7 @@ async fn run(stack: &common::Stack, base: &str, mode: &str, n: u32) -> Value {
 async fn eventual_reads_are_mostly_stale_and_visible_after_about_the_delay() {
     let stack = common::Stack::get();
     let _delay = stack.delayed(500);
-    let run = run(&stack, &stack.url, "eventual", 50).await;
+    let run = run(&stack.url, "eventual", 50).await;
     let summary = &run["summary"];
     let stale = summary["stale"].as_u64().unwrap();
     assert!(stale > 25, "only {stale} of 50 stale: {summary}");
@@ -39,7 +38,7 @@ async fn sticky_and_causal_are_never_stale() {
     let stack = common::Stack::get();
     let _delay = stack.delayed(500);
     for mode in ["sticky", "causal"] {
-        let run = run(&stack, &stack.url, mode, 60).await;
+        let run = run(&stack.url, mode, 60).await;
         assert_eq!(run["summary"]["probes"], 60);
         assert_eq!(run["summary"]["stale"], 0, "{mode}: {}", run["summary"]);
     }
@@ -48,7 +47,7 @@ async fn sticky_and_causal_are_never_stale() {
 #[tokio::test]
 async fn causal_reads_a_replica_once_it_has_replayed_the_write() {
     let stack = common::Stack::get();
-    let run = run(&stack, &stack.url, "causal", 20).await;
+    let run = run(&stack.url, "causal", 20).await;
     let probes = run["probes"].as_array().unwrap();
     let on_replica: Vec<&Value> = probes.iter().filter(|p| p["on_replica"] == true).collect();
     assert!(on_replica.len() >= 15, "{}", run["summary"]);
@@ -69,7 +68,7 @@ async fn causal_reads_a_replica_once_it_has_replayed_the_write() {
 #[tokio::test]
 async fn eventual_reads_spread_over_the_replicas() {
     let stack = common::Stack::get();
-    let run = run(&stack, &stack.url, "eventual", 20).await;
+    let run = run(&stack.url, "eventual", 20).await;
     let nodes: BTreeSet<&str> = run["probes"]
         .as_array()
         .unwrap()
@@ -160,7 +159,7 @@ async fn a_lagging_replica_is_excluded_until_it_catches_up() {
                 },
             )
             .await;
-            let run = run(&stack, &stack.url, "eventual", 10).await;
+            let run = run(&stack.url, "eventual", 10).await;
             for probe in run["probes"].as_array().unwrap() {
                 assert_ne!(probe["node"], "replica1", "{probe}");
             }
@@ -186,7 +185,7 @@ async fn a_lagging_replica_is_excluded_until_it_catches_up() {
         Duration::from_secs(10),
         "reads back on replica1",
         || async {
-            let run = run(&stack, &stack.url, "eventual", 4).await;
+            let run = run(&stack.url, "eventual", 4).await;
             run["probes"]
                 .as_array()
                 .unwrap()

@@ -11,6 +11,7 @@ use tower_sessions::Session;
 
 use crate::db::Consistency;
 use crate::error::AppError;
+use crate::params::whole_number;
 use crate::request_log::{self, Entry, NewEntry};
 use crate::session::{SessionData, Visit};
 use crate::state::AppState;
@@ -50,19 +51,12 @@ pub async fn index(
     Query(params): Query<HashMap<String, String>>,
     session: Session,
 ) -> Result<IndexPage, AppError> {
-    let refresh = params
-        .get("refresh")
-        .map(|v| {
-            v.parse::<u32>()
-                .ok()
-                .filter(|s| (1..=MAX_REFRESH_SECS).contains(s))
-                .ok_or_else(|| {
-                    AppError::BadRequest(format!(
-                        "refresh must be a whole number of seconds from 1 to {MAX_REFRESH_SECS}"
-                    ))
-                })
-        })
-        .transpose()?;
+    let refresh = whole_number(
+        params.get("refresh").map(String::as_str),
+        "refresh (seconds)",
+        1..=MAX_REFRESH_SECS,
+    )
+    .map_err(AppError::BadRequest)?;
     let config = &state.config;
     let mut visit = Visit::open(session, &state.sessions).await;
     let from_proxy = config.trusted_proxies.trusts(peer.ip());

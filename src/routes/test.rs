@@ -14,6 +14,7 @@ use crate::chart::Chart;
 use crate::db::replication::WalSender;
 use crate::db::{Consistency, ReplicaStatus};
 use crate::error::{AppError, JsonError};
+use crate::params::whole_number;
 use crate::probe::{self, DEFAULT_PROBES, MAX_PROBES, Run};
 use crate::session::Visit;
 use crate::state::AppState;
@@ -108,18 +109,13 @@ fn probe_slot(state: &AppState) -> Result<OwnedSemaphorePermit, AppError> {
 }
 
 fn parse_n(raw: Option<&String>) -> Result<u32, AppError> {
-    let Some(raw) = raw else {
-        return Ok(DEFAULT_PROBES);
-    };
-    raw.trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (1..=MAX_PROBES).contains(n))
-        .ok_or_else(|| {
-            AppError::BadRequest(format!(
-                "n must be a whole number from 1 to {MAX_PROBES} (the number of probes per mode)"
-            ))
-        })
+    whole_number(
+        raw.map(String::as_str),
+        "n (probes per mode)",
+        1..=MAX_PROBES,
+    )
+    .map(|n| n.unwrap_or(DEFAULT_PROBES))
+    .map_err(AppError::BadRequest)
 }
 
 fn parse_modes(raw: Option<&String>, default: Consistency) -> Result<Vec<Consistency>, AppError> {

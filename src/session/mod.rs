@@ -3,8 +3,6 @@
 
 mod store;
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
@@ -15,7 +13,7 @@ use crate::config::SessionConfig;
 use crate::db::{Consistency, ReadContext, WriteMark};
 
 const KEY: &str = "rwsplit";
-/// Bounds the record: a session served by more instances than this keeps the latest names.
+/// Bounds the record: a session served by more instances than this keeps the most recent.
 const MAX_INSTANCES: usize = 16;
 
 pub fn layer(store: RedisStore, config: &SessionConfig) -> SessionManagerLayer<RedisStore> {
@@ -33,7 +31,8 @@ pub struct SessionData {
     /// A short random label for the request log; unrelated to the secret session id.
     pub tag: String,
     pub visits: u64,
-    pub instances: BTreeSet<String>,
+    /// The instances that served this session, least recently first.
+    pub instances: Vec<String>,
     pub last_write: Option<WriteMark>,
 }
 
@@ -88,10 +87,11 @@ impl Visit {
             return;
         };
         data.visits += 1;
-        if !data.instances.contains(instance) && data.instances.len() >= MAX_INSTANCES {
-            data.instances.pop_first();
+        data.instances.retain(|name| name != instance);
+        if data.instances.len() >= MAX_INSTANCES {
+            data.instances.remove(0);
         }
-        data.instances.insert(instance.to_owned());
+        data.instances.push(instance.to_owned());
         data.last_write = ctx.last_write.or(data.last_write);
         self.session
             .set_expiry(Some(Expiry::OnInactivity(to_time(if data.visits == 1 {

@@ -70,13 +70,18 @@ impl Stack {
             .unwrap_or_else(|e| panic!("superuser connection to {node}: {e}"))
     }
 
-    /// An in-process configuration pointing at this stack, with `replicas` of its replicas.
-    pub fn config(&self, replicas: u16) -> Config {
+    /// `DATABASE_REPLICA_URLS` for the first `replicas` of this stack's replicas.
+    pub fn replica_urls(&self, replicas: u16) -> String {
         let urls: Vec<String> = (1..=replicas)
             .map(|n| self.app_url(&format!("replica{n}")))
             .collect();
+        urls.join(",")
+    }
+
+    /// An in-process configuration pointing at this stack, with `replicas` of its replicas.
+    pub fn config(&self, replicas: u16) -> Config {
         let primary = self.app_url("primary");
-        let urls = urls.join(",");
+        let urls = self.replica_urls(replicas);
         Config::from_source(&[
             ("DATABASE_URL", primary.as_str()),
             ("DATABASE_REPLICA_URLS", urls.as_str()),
@@ -266,13 +271,10 @@ pub struct ExtraInstance {
 impl ExtraInstance {
     pub async fn start(stack: &Stack, overrides: &[(&str, &str)]) -> Self {
         let port = stack.base + 99;
-        let replicas: Vec<String> = (1..=stack.replicas)
-            .map(|n| stack.app_url(&format!("replica{n}")))
-            .collect();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rwsplit"))
             .arg("serve")
             .env("DATABASE_URL", stack.app_url("primary"))
-            .env("DATABASE_REPLICA_URLS", replicas.join(","))
+            .env("DATABASE_REPLICA_URLS", stack.replica_urls(stack.replicas))
             .env(
                 "REDIS_URL",
                 format!("redis://127.0.0.1:{}/", stack.base + 79),

@@ -37,6 +37,8 @@ pub struct DbConfig {
     /// router moves on.
     pub replica_acquire_timeout: Duration,
     pub statement_timeout: Duration,
+    /// Most `GET /` requests one shared insert may write (group commit); 1 writes each alone.
+    pub log_batch_rows: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +124,12 @@ impl Config {
             acquire_timeout: r.millis("DB_ACQUIRE_TIMEOUT_MS", 1500, 10..=60_000)?,
             replica_acquire_timeout: r.millis("REPLICA_ACQUIRE_TIMEOUT_MS", 250, 10..=60_000)?,
             statement_timeout: r.millis("DB_STATEMENT_TIMEOUT_MS", 5000, 10..=600_000)?,
+            // Up to a page's worth, so every request of a batch finds its row on its page.
+            log_batch_rows: r.ranged(
+                "REQUEST_LOG_BATCH",
+                16,
+                1..=crate::request_log::SHOWN as usize,
+            )?,
         };
         let urls = [
             ("DATABASE_URL", &db.primary_url),

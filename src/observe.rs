@@ -3,7 +3,8 @@
 //! Names: `http_requests_total` and `http_request_duration_seconds` {route, status};
 //! `db_reads_total` {node, mode, reason}; `probe_reads_total` {mode, result};
 //! `replica_lag_bytes`, `replica_lag_seconds`, `replica_usable` {replica};
-//! `db_pool_connections` {pool, state}; `db_pool_waiting` {pool}; `redis_errors_total`.
+//! `db_pool_connections` {pool, state}; `db_pool_waiting` {pool}; `redis_errors_total`;
+//! `request_log_batch_rows` (requests per shared insert).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::db::{Consistency, Db, Reason, ReplicaState};
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 25.0];
 
 /// Installs the process-wide recorder; call once, at start-up.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
@@ -25,6 +27,10 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(
             Matcher::Full("http_request_duration_seconds".into()),
             LATENCY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("request_log_batch_rows".into()),
+            BATCH_BUCKETS,
         )?
         .install_recorder()?;
     let upkeep = handle.clone();
@@ -92,6 +98,10 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         gauge!("db_pool_waiting", "pool" => self.0.clone()).decrement(1.0);
     }
+}
+
+pub fn batch(rows: usize) {
+    histogram!("request_log_batch_rows").record(rows as f64);
 }
 
 pub fn redis_error() {

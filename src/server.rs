@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::db::{Db, DbError, monitor};
+use crate::request_log::Batcher;
 use crate::session::RedisStore;
 use crate::state::AppState;
 
@@ -17,11 +18,20 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MIGRATE_PATIENCE: Duration = Duration::from_secs(30);
 
 pub fn state(config: Config) -> Result<AppState, BoxError> {
-    let db = Db::new(&config.db, config.routing.clone(), &config.instance)?;
+    let db = Arc::new(Db::new(
+        &config.db,
+        config.routing.clone(),
+        &config.instance,
+    )?);
     let sessions = RedisStore::new(&config.session)?;
     Ok(AppState {
+        request_log: Batcher::spawn(
+            db.clone(),
+            config.db.log_batch_rows,
+            config.db.acquire_timeout,
+        ),
         config: Arc::new(config),
-        db: Arc::new(db),
+        db,
         sessions,
         metrics: crate::observe::install()?,
         probe_slots: Arc::new(tokio::sync::Semaphore::new(crate::state::PROBE_SLOTS)),

@@ -327,7 +327,7 @@ async fn no_password_reaches_the_logs() {
 #[tokio::test]
 async fn a_busy_replica_pool_is_not_mistaken_for_a_dead_replica() {
     let stack = common::Stack::get();
-    // Causal reads of writes the replicas replay 500 ms late hold each replica's single
+    // Causal reads of a write the replicas replay 500 ms late hold each replica's single
     // connection for the 300 ms causal wait: the other reads find the pools full.
     let _delay = stack.delayed(500);
     let extra = ExtraInstance::start(
@@ -340,16 +340,27 @@ async fn a_busy_replica_pool_is_not_mistaken_for_a_dead_replica() {
         ],
     )
     .await;
-    let pages: Vec<_> = (0..20)
+    // One session writes, then reads its write back 20 times at once. (`GET /` would not
+    // do: its requests share one read per batch.)
+    let session = client();
+    let (status, write) =
+        common::get_json(&session, &format!("{}/test/write.json", extra.url)).await;
+    assert_eq!(status, 200, "{write}");
+    let read = format!(
+        "{}/test/read.json?mode=causal&id={}",
+        extra.url, write["id"]
+    );
+    let reads: Vec<_> = (0..20)
         .map(|_| {
-            let url = extra.url.clone();
-            tokio::spawn(async move { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+            let (session, read) = (session.clone(), read.clone());
+            tokio::spawn(async move { common::get_json(&session, &read).await })
         })
         .collect();
     let mut busy = 0;
-    for page in pages {
-        let page = page.await.unwrap();
-        busy += usize::from(page.contains("every replica connection was in use"));
+    for read in reads {
+        let (status, report) = read.await.unwrap();
+        assert_eq!(status, 200, "{report}");
+        busy += usize::from(report["reason"] == "every replica connection was in use");
     }
     println!(
         "RELIABILITY | replica pools of 1, 20 concurrent requests | reads sent on as busy: {busy}"

@@ -1,5 +1,7 @@
 //! Database errors, sorted into "the node is down" and "the query is wrong".
 
+use std::sync::Arc;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The node could not be reached in time: worth a 503 and a retry later.
@@ -14,6 +16,12 @@ pub enum DbError {
     Config { url: String, source: sqlx::Error },
     #[error("the primary returned an unreadable LSN: {0}")]
     Lsn(String),
+    /// One failure of a query that several requests shared (a request log batch).
+    #[error(transparent)]
+    Shared(Arc<DbError>),
+    /// The batch that held this request ended without answering it: a bug, never expected.
+    #[error("the request log batch ended without an answer")]
+    BatchLost,
 }
 
 impl DbError {
@@ -27,7 +35,11 @@ impl DbError {
     }
 
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable { .. })
+        match self {
+            Self::Unavailable { .. } => true,
+            Self::Shared(e) => e.is_unavailable(),
+            _ => false,
+        }
     }
 }
 

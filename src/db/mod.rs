@@ -41,7 +41,7 @@ const PRIMARY_READS: &str = "primary_reads";
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A read result and the node that answered it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Routed<T> {
     pub value: T,
     pub node: String,
@@ -388,7 +388,10 @@ async fn wait_for_replay(
     if replica.replay_lsn().is_some_and(|seen| seen >= lsn) {
         return Ok(true);
     }
-    const POLL: Duration = Duration::from_millis(5);
+    // Replay on a nearby replica usually takes well under a millisecond: poll soon, then
+    // back off, so a lagging replica costs few queries.
+    let mut poll = Duration::from_millis(1);
+    const MAX_POLL: Duration = Duration::from_millis(8);
     loop {
         let replayed: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
             .fetch_one(&mut *conn)
@@ -403,7 +406,8 @@ async fn wait_for_replay(
         if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(POLL.min(deadline - now)).await;
+        tokio::time::sleep(poll.min(deadline - now)).await;
+        poll = (poll * 2).min(MAX_POLL);
     }
 }
 

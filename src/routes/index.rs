@@ -12,11 +12,9 @@ use tower_sessions::Session;
 use crate::db::Consistency;
 use crate::error::AppError;
 use crate::params::whole_number;
-use crate::request_log::{self, Entry, NewEntry};
+use crate::request_log::{Entry, Logged, NewEntry};
 use crate::session::{SessionData, Visit};
 use crate::state::AppState;
-
-const SHOWN_ROWS: i64 = 25;
 
 #[derive(Template, WebTemplate)]
 #[template(path = "index.html")]
@@ -80,17 +78,10 @@ pub async fn index(
     .truncated();
 
     let mut ctx = visit.read_context(config.routing.consistency);
-    let written = state
-        .db
-        .write(&mut ctx, move |c| Box::pin(request_log::insert(c, entry)))
-        .await?;
+    let Logged { written, read } = state.request_log.log(entry, &mut ctx).await?;
     // The row is committed: from here on, a node that cannot serve the read in time costs the
     // table, not the request. A 503 now would report a failure for a request that was logged.
-    let read = match state
-        .db
-        .read(&ctx, |c| Box::pin(request_log::latest(c, SHOWN_ROWS)))
-        .await
-    {
+    let read = match read {
         Ok(read) => Some(ReadView {
             saw_own_write: read.value.iter().any(|row| row.id == written.id),
             rows: read.value,

@@ -1,5 +1,11 @@
 //! The request log: one row per `GET /`, written on the primary, read back from a replica.
 
+mod batch;
+
+pub use batch::{Batcher, Logged};
+
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -12,6 +18,9 @@ const MAX_METHOD: usize = 16;
 const MAX_ADDR: usize = 64;
 const MAX_TAG: usize = 16;
 const MAX_REQUEST_ID: usize = 64;
+
+/// Rows a page shows: the latest this many.
+pub const SHOWN: i64 = 25;
 
 /// A row about to be written.
 #[derive(Clone, Debug)]
@@ -54,7 +63,6 @@ pub struct Entry {
     pub session_tag: Option<String>,
 }
 
-/// Writes the row once per request id: a retried request gets the row its first attempt wrote.
 impl Entry {
     /// `HH:MM:SS.mmm`, UTC: what the table shows.
     pub fn time(&self) -> String {
@@ -78,36 +86,91 @@ impl Entry {
     }
 }
 
-pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
-    let inserted = sqlx::query_as(
+/// A row as the insert returns it: with its idempotency key, to match it to its request.
+#[derive(sqlx::FromRow)]
+struct Written {
+    request_id: String,
+    #[sqlx(flatten)]
+    entry: Entry,
+}
+
+/// Writes the rows in one statement, once per request id, and returns them in `entries`'
+/// order: a retried request gets the row its first attempt wrote.
+pub async fn insert_all(
+    conn: &mut PgConnection,
+    entries: Vec<NewEntry>,
+) -> Result<Vec<Entry>, sqlx::Error> {
+    let n = entries.len();
+    let (mut method, mut path, mut client_addr, mut user_agent) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut instance, mut session_tag, mut request_id) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for e in entries {
+        method.push(e.method);
+        path.push(e.path);
+        client_addr.push(e.client_addr);
+        user_agent.push(e.user_agent);
+        instance.push(e.instance);
+        session_tag.push(e.session_tag);
+        request_id.push(e.request_id);
+    }
+    let inserted: Vec<Written> = sqlx::query_as(
         "INSERT INTO request_log \
              (method, path, client_addr, user_agent, instance, session_tag, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                              $6::text[], $7::text[]) \
          ON CONFLICT (request_id) DO NOTHING \
-         RETURNING id, at, method, path, client_addr, user_agent, instance, session_tag",
+         RETURNING request_id, id, at, method, path, client_addr, user_agent, instance, session_tag",
     )
-    .bind(entry.method)
-    .bind(entry.path)
-    .bind(entry.client_addr)
-    .bind(entry.user_agent)
-    .bind(entry.instance)
-    .bind(entry.session_tag)
-    .bind(&entry.request_id)
-    .fetch_optional(&mut *conn)
+    .bind(method)
+    .bind(path)
+    .bind(client_addr)
+    .bind(user_agent)
+    .bind(instance)
+    .bind(session_tag)
+    .bind(&request_id)
+    .fetch_all(&mut *conn)
     .await?;
-    match inserted {
-        Some(entry) => Ok(entry),
-        // A new statement, so a new snapshot: it sees the first attempt's committed row.
-        None => {
-            sqlx::query_as(
-                "SELECT id, at, method, path, client_addr, user_agent, instance, session_tag \
-                 FROM request_log WHERE request_id = $1",
-            )
-            .bind(&entry.request_id)
-            .fetch_one(conn)
-            .await
-        }
+    let mut by_id: HashMap<String, Entry> = inserted
+        .into_iter()
+        .map(|w| (w.request_id, w.entry))
+        .collect();
+    let retried: Vec<&String> = request_id
+        .iter()
+        .filter(|id| !by_id.contains_key(*id))
+        .collect();
+    if !retried.is_empty() {
+        // A new statement, so a new snapshot: it sees the first attempts' committed rows.
+        let earlier: Vec<Written> = sqlx::query_as(
+            "SELECT request_id, id, at, method, path, client_addr, user_agent, instance, \
+                    session_tag \
+             FROM request_log WHERE request_id = ANY($1)",
+        )
+        .bind(retried)
+        .fetch_all(&mut *conn)
+        .await?;
+        by_id.extend(earlier.into_iter().map(|w| (w.request_id, w.entry)));
     }
+    // The same id twice in one batch is one row, returned to both.
+    request_id
+        .iter()
+        .map(|id| by_id.get(id).cloned().ok_or(sqlx::Error::RowNotFound))
+        .collect()
+}
+
+/// One row: [`insert_all`] with one entry.
+pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
+    insert_all(conn, vec![entry])
+        .await?
+        .pop()
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {

@@ -1,0 +1,133 @@
+//! Group commit of the request log: concurrent `GET /` requests share inserts and reads, and
+//! each still gets its own row, read back fresh.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{ExtraInstance, client, text_of};
+use rwsplit::db::{Consistency, ReadContext};
+use rwsplit::request_log::{self, NewEntry};
+
+/// `(batches, rows)` from an instance's `request_log_batch_rows` histogram.
+async fn batches(url: &str) -> (u64, u64) {
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+    };
+    (
+        value("request_log_batch_rows_count "),
+        value("request_log_batch_rows_sum "),
+    )
+}
+
+/// Sends `n` concurrent `GET /`, each from a new client; returns the row ids, asserting that
+/// every request succeeded and its read saw its own row.
+async fn concurrent_gets(url: &str, n: usize) -> BTreeSet<i64> {
+    let requests: Vec<_> = (0..n)
+        .map(|_| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let res = client().get(&url).send().await.unwrap();
+                (res.status().as_u16(), res.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for request in requests {
+        let (status, page) = request.await.unwrap();
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(text_of(&page, "freshness"), Some("seen"), "{page}");
+        ids.insert(text_of(&page, "row-id").unwrap().parse().unwrap());
+    }
+    ids
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_batches_and_each_sees_its_own_row() {
+    let stack = common::Stack::get();
+    // Replicas 100 ms behind hold each batch at the database long enough for the requests
+    // that arrive meanwhile to queue behind it.
+    let _delay = stack.delayed(100);
+    let extra = ExtraInstance::start(
+        &stack,
+        &[("REQUEST_LOG_BATCH", "16"), ("CAUSAL_WAIT_MS", "2000")],
+    )
+    .await;
+    let rows_before = common::request_rows(&stack).await;
+    let ids = concurrent_gets(&extra.url, 24).await;
+    assert_eq!(ids.len(), 24, "every request has a row of its own");
+    assert_eq!(common::request_rows(&stack).await - rows_before, 24);
+    let (count, rows) = batches(&extra.url).await;
+    println!("BATCH | 24 concurrent requests | {count} batches");
+    assert_eq!(rows, 24);
+    assert!(count <= 4, "24 requests took {count} batches");
+}
+
+#[tokio::test]
+async fn a_batch_limit_of_one_writes_each_request_alone() {
+    let stack = common::Stack::get();
+    let extra = ExtraInstance::start(&stack, &[("REQUEST_LOG_BATCH", "1")]).await;
+    let ids = concurrent_gets(&extra.url, 12).await;
+    assert_eq!(ids.len(), 12);
+    assert_eq!(batches(&extra.url).await, (12, 12));
+}
+
+fn entry(request_id: &str) -> NewEntry {
+    NewEntry {
+        method: "GET".into(),
+        path: "/batch-test".into(),
+        client_addr: "127.0.0.1".into(),
+        user_agent: "tests/batch.rs".into(),
+        instance: "test".into(),
+        session_tag: None,
+        request_id: request_id.into(),
+    }
+}
+
+#[tokio::test]
+async fn one_request_id_is_one_row_within_and_across_batches() {
+    let stack = common::Stack::get();
+    let db = stack.db(0);
+    let id = |n| format!("batch-test-{}-{n}", uuid::Uuid::new_v4());
+    let (a, b) = (id("a"), id("b"));
+    let mut ctx = ReadContext::new(Consistency::Eventual, None);
+    let entries = vec![entry(&a), entry(&b), entry(&a)];
+    let first = db
+        .write(&mut ctx, move |c| {
+            Box::pin(request_log::insert_all(c, entries))
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 3, "one row per entry, in order");
+    assert_eq!(first[0].id, first[2].id, "the repeated id shares its row");
+    assert_ne!(first[0].id, first[1].id);
+    // A retry in a later batch, next to a new request: the retry gets the first row.
+    let c = id("c");
+    let entries = vec![entry(&c), entry(&b)];
+    let retry = db
+        .write(&mut ctx, move |c| {
+            Box::pin(request_log::insert_all(c, entries))
+        })
+        .await
+        .unwrap();
+    assert_eq!(retry[1].id, first[1].id);
+    assert!(retry[0].id > first[1].id);
+    let admin = stack.admin("primary").await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM request_log WHERE request_id = ANY($1)")
+            .bind(vec![a, b, c])
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+    assert_eq!(stored, 3);
+}

@@ -5,10 +5,12 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::{ExtraInstance, client, text_of};
 use rwsplit::db::{Consistency, ReadContext};
-use rwsplit::request_log::{self, NewEntry};
+use rwsplit::request_log::{self, Batcher, NewEntry};
 
 /// `(batches, rows)` from an instance's `request_log_batch_rows` histogram.
 async fn batches(url: &str) -> (u64, u64) {
@@ -104,7 +106,7 @@ async fn one_request_id_is_one_row_within_and_across_batches() {
     let entries = vec![entry(&a), entry(&b), entry(&a)];
     let first = db
         .write(&mut ctx, move |c| {
-            Box::pin(request_log::insert_all(c, entries))
+            Box::pin(async move { request_log::insert_all(c, &entries).await })
         })
         .await
         .unwrap();
@@ -116,7 +118,7 @@ async fn one_request_id_is_one_row_within_and_across_batches() {
     let entries = vec![entry(&c), entry(&b)];
     let retry = db
         .write(&mut ctx, move |c| {
-            Box::pin(request_log::insert_all(c, entries))
+            Box::pin(async move { request_log::insert_all(c, &entries).await })
         })
         .await
         .unwrap();
@@ -130,4 +132,73 @@ async fn one_request_id_is_one_row_within_and_across_batches() {
             .await
             .unwrap();
     assert_eq!(stored, 3);
+}
+
+/// A batcher of its own over the stack's primary and replicas.
+fn batcher(stack: &common::Stack) -> Batcher {
+    Batcher::spawn(Arc::new(stack.db(2)), 16, Duration::from_millis(1500))
+}
+
+#[tokio::test]
+async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
+    let stack = common::Stack::get();
+    let batcher = batcher(&stack);
+    let id = |n| format!("batch-refused-{}-{n}", uuid::Uuid::new_v4());
+    // Untruncated, so the column's CHECK refuses it (the handler always truncates).
+    let mut refused = entry(&id("bad"));
+    refused.method = "M".repeat(100);
+    let log = |e: NewEntry| {
+        let batcher = batcher.clone();
+        async move {
+            let mut ctx = ReadContext::new(Consistency::Causal, None);
+            batcher.log(e, &mut ctx).await
+        }
+    };
+    // This test's runtime has one thread: all three are queued before the batcher runs, so
+    // they form one batch.
+    let (good1, bad, good2) = tokio::join!(
+        log(entry(&id("good1"))),
+        log(refused),
+        log(entry(&id("good2")))
+    );
+    for good in [good1, good2] {
+        let logged = good.expect("a good row beside a refused one is written");
+        let read = logged.read.expect("and read back");
+        assert!(read.value.iter().any(|row| row.id == logged.written.id));
+    }
+    let err = bad.expect_err("the refused row fails");
+    assert!(
+        !err.is_unavailable(),
+        "{err}: a refused row is not an outage"
+    );
+}
+
+#[tokio::test]
+async fn with_the_primary_down_queued_requests_fail_with_the_batch_ahead() {
+    let stack = common::Stack::get();
+    let batcher = batcher(&stack);
+    let _down = stack.stopped("primary");
+    let log = |name: &'static str| {
+        let batcher = batcher.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut ctx = ReadContext::new(Consistency::Causal, None);
+            let result = batcher.log(entry(name), &mut ctx).await;
+            (result, started.elapsed())
+        })
+    };
+    let first = log("never-written-1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Queued while the first batch waits for the primary: answered when it fails, rather
+    // than after an attempt of its own (which would take until about 3 s).
+    let second = log("never-written-2");
+    for (request, limit) in [(first, 2000), (second, 1900)] {
+        let (result, took) = request.await.unwrap();
+        let err = result.expect_err("no primary, no row");
+        assert!(err.is_unavailable(), "{err}");
+        assert!(
+            took < Duration::from_millis(limit),
+            "answered after {took:?}"
+        );
+    }
 }

@@ -4,23 +4,21 @@
 //! per request, which is what lets the app approach a limit that pgbench measures one row at
 //! a time.
 //!
-//! Nothing waits on a timer: with a free slot, a lone request is written at once. Batches only
-//! collect the requests that would otherwise have queued for a connection.
+//! One batch at a time per instance, and no timer: an idle instance writes a lone request at
+//! once, and a batch collects what arrived while the previous one was at the database. (With
+//! 32 connections through nginx, one batch at a time gave 2,380 requests/s at 4.6 requests a
+//! batch; two at a time, 1,690 at 2.5; four, 1,410 at 1.5: more in flight only splits the
+//! same load into more round trips. See BENCHMARKS.md.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
 use super::{Entry, NewEntry, SHOWN};
 use crate::db::{Consistency, Db, DbError, PRIMARY, ReadContext, Routed, WriteMark};
-
-/// Batches at the database at once, per instance. With 32 connections through nginx, one
-/// gave 2,380 requests/s at 4.6 requests a batch; two, 1,690 at 2.5; four, 1,410 at 1.5.
-/// More in flight split the same load into more round trips (see BENCHMARKS.md).
-const IN_FLIGHT: usize = 1;
 
 /// Requests that may wait for a batch; beyond this, callers wait for room, within the same
 /// patience as for the batch itself.
@@ -102,13 +100,7 @@ impl Batcher {
 }
 
 async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    // A slot first, then the requests: whatever arrives while both slots are busy joins the
-    // next batch.
-    while let Ok(slot) = slots.clone().acquire_owned().await {
-        let Some(first) = queue.recv().await else {
-            return;
-        };
+    while let Some(first) = queue.recv().await {
         let mut jobs = Vec::with_capacity(max_rows);
         let mut next = Some(first);
         while let Some(job) = next {
@@ -125,11 +117,15 @@ async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
             continue;
         }
         crate::observe::batch(jobs.len());
-        let db = db.clone();
-        tokio::spawn(async move {
-            run(&db, jobs).await;
-            drop(slot);
-        });
+        if let Err(unreachable) = run(&db, jobs).await {
+            // The requests that queued meanwhile wait for the same primary that just failed
+            // to answer: tell them now, rather than each waiting out one more attempt.
+            while let Ok(job) = queue.try_recv() {
+                if job.claim() {
+                    let _ = job.reply.send(Err(DbError::Shared(unreachable.clone())));
+                }
+            }
+        }
     }
 }
 
@@ -139,34 +135,57 @@ fn route_key(ctx: &ReadContext) -> (Consistency, bool, bool) {
     (ctx.mode, ctx.known, ctx.track_lsn)
 }
 
-async fn run(db: &Db, mut jobs: Vec<Job>) {
+/// Runs a batch, one group of like-routed requests at a time. `Err` when the primary could
+/// not be reached.
+async fn run(db: &Db, mut jobs: Vec<Job>) -> Result<(), Arc<DbError>> {
     while let Some(first) = jobs.first() {
         let key = route_key(&first.ctx);
-        let (group, rest) = jobs.into_iter().partition(|j| route_key(&j.ctx) == key);
+        let (group, rest): (Vec<_>, Vec<_>) =
+            jobs.into_iter().partition(|j| route_key(&j.ctx) == key);
         jobs = rest;
-        run_group(db, group).await;
+        let ctx = group[0].ctx;
+        let (entries, replies) = group.into_iter().map(|j| (j.entry, j.reply)).unzip();
+        if let Err(unreachable) = write_and_read(db, ctx, entries, replies).await {
+            for job in jobs {
+                let _ = job.reply.send(Err(DbError::Shared(unreachable.clone())));
+            }
+            return Err(unreachable);
+        }
     }
+    Ok(())
 }
 
-async fn run_group(db: &Db, group: Vec<Job>) {
-    let Some(first) = group.first() else {
-        return;
-    };
-    let mut ctx = first.ctx;
-    let (entries, replies): (Vec<_>, Vec<_>) =
-        group.into_iter().map(|j| (j.entry, j.reply)).unzip();
-    let written = match db
-        .write(&mut ctx, move |c| Box::pin(super::insert_all(c, entries)))
-        .await
-    {
+/// One insert and one read for `entries`, answering each through its reply. A caller that
+/// gave up (its request timed out) no longer listens; that is fine.
+async fn write_and_read(
+    db: &Db,
+    mut ctx: ReadContext,
+    entries: Vec<NewEntry>,
+    replies: Vec<oneshot::Sender<Reply>>,
+) -> Result<(), Arc<DbError>> {
+    let entries: Arc<[NewEntry]> = entries.into();
+    let shared = entries.clone();
+    let written = db
+        .write(&mut ctx, move |c| {
+            Box::pin(async move { super::insert_all(c, &shared).await })
+        })
+        .await;
+    let written = match written {
         Ok(rows) => rows,
+        Err(e) if !e.is_unavailable() && entries.len() > 1 => {
+            // One row the database refuses must not fail the rows beside it.
+            tracing::warn!(error = %e, rows = entries.len(), "batch insert failed; writing its rows one at a time");
+            for (entry, reply) in entries.iter().cloned().zip(replies) {
+                Box::pin(write_and_read(db, ctx, vec![entry], vec![reply])).await?;
+            }
+            return Ok(());
+        }
         Err(e) => {
             let e = Arc::new(e);
             for reply in replies {
-                // A caller that gave up (its request timed out) no longer listens; fine.
                 let _ = reply.send(Err(DbError::Shared(e.clone())));
             }
-            return;
+            return if e.is_unavailable() { Err(e) } else { Ok(()) };
         }
     };
     let read = db
@@ -180,4 +199,5 @@ async fn run_group(db: &Db, group: Vec<Job>) {
         };
         let _ = reply.send(Ok((logged, ctx.last_write)));
     }
+    Ok(())
 }

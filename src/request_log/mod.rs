@@ -98,29 +98,10 @@ struct Written {
 /// order: a retried request gets the row its first attempt wrote.
 pub async fn insert_all(
     conn: &mut PgConnection,
-    entries: Vec<NewEntry>,
+    entries: &[NewEntry],
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    let n = entries.len();
-    let (mut method, mut path, mut client_addr, mut user_agent) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut instance, mut session_tag, mut request_id) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for e in entries {
-        method.push(e.method);
-        path.push(e.path);
-        client_addr.push(e.client_addr);
-        user_agent.push(e.user_agent);
-        instance.push(e.instance);
-        session_tag.push(e.session_tag);
-        request_id.push(e.request_id);
-    }
+    let column = |field: fn(&NewEntry) -> &str| entries.iter().map(field).collect::<Vec<_>>();
+    let request_id = column(|e| &e.request_id);
     let inserted: Vec<Written> = sqlx::query_as(
         "INSERT INTO request_log \
              (method, path, client_addr, user_agent, instance, session_tag, request_id) \
@@ -129,12 +110,17 @@ pub async fn insert_all(
          ON CONFLICT (request_id) DO NOTHING \
          RETURNING request_id, id, at, method, path, client_addr, user_agent, instance, session_tag",
     )
-    .bind(method)
-    .bind(path)
-    .bind(client_addr)
-    .bind(user_agent)
-    .bind(instance)
-    .bind(session_tag)
+    .bind(column(|e| &e.method))
+    .bind(column(|e| &e.path))
+    .bind(column(|e| &e.client_addr))
+    .bind(column(|e| &e.user_agent))
+    .bind(column(|e| &e.instance))
+    .bind(
+        entries
+            .iter()
+            .map(|e| e.session_tag.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(&request_id)
     .fetch_all(&mut *conn)
     .await?;
@@ -142,8 +128,9 @@ pub async fn insert_all(
         .into_iter()
         .map(|w| (w.request_id, w.entry))
         .collect();
-    let retried: Vec<&String> = request_id
+    let retried: Vec<&str> = request_id
         .iter()
+        .copied()
         .filter(|id| !by_id.contains_key(*id))
         .collect();
     if !retried.is_empty() {
@@ -161,13 +148,13 @@ pub async fn insert_all(
     // The same id twice in one batch is one row, returned to both.
     request_id
         .iter()
-        .map(|id| by_id.get(id).cloned().ok_or(sqlx::Error::RowNotFound))
+        .map(|id| by_id.get(*id).cloned().ok_or(sqlx::Error::RowNotFound))
         .collect()
 }
 
 /// One row: [`insert_all`] with one entry.
 pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
-    insert_all(conn, vec![entry])
+    insert_all(conn, std::slice::from_ref(&entry))
         .await?
         .pop()
         .ok_or(sqlx::Error::RowNotFound)

@@ -34,6 +34,15 @@ impl DbError {
         }
     }
 
+    /// No connection came free (or could be opened) in time, as opposed to one that failed.
+    pub fn is_pool_timeout(&self) -> bool {
+        match self {
+            Self::Unavailable { source, .. } => matches!(source, sqlx::Error::PoolTimedOut),
+            Self::Shared(e) => e.is_pool_timeout(),
+            _ => false,
+        }
+    }
+
     pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Unavailable { .. } => true,

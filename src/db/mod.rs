@@ -155,12 +155,13 @@ impl Db {
     {
         let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
         let mut conn = acquire(PRIMARY, &self.primary).await.map_err(on_primary)?;
-        let value = query(&mut conn).await.map_err(on_primary)?;
+        let value = query(&mut conn).await;
+        let value = discard_if_broken(&mut conn, value).map_err(on_primary)?;
         let lsn = if ctx.track_lsn {
-            let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            let text = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
                 .fetch_one(&mut *conn)
-                .await
-                .map_err(on_primary)?;
+                .await;
+            let text = discard_if_broken(&mut conn, text).map_err(on_primary)?;
             Some(text.parse().map_err(DbError::Lsn)?)
         } else {
             None
@@ -188,11 +189,9 @@ impl Db {
         if reason != Reason::NoReplicas {
             self.fallback_reads.fetch_add(1, Ordering::Relaxed);
         }
-        let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
-        let mut conn = acquire(PRIMARY_READS, &self.primary_reads)
+        let value = run_on(PRIMARY_READS, &self.primary_reads, query)
             .await
-            .map_err(on_primary)?;
-        let value = query(&mut conn).await.map_err(on_primary)?;
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
         Ok(Routed {
             value,
             node: PRIMARY.to_owned(),
@@ -236,12 +235,16 @@ impl Db {
         for replica in self.usable_replicas() {
             let result = async {
                 let mut conn = acquire(&replica.name, &replica.pool).await?;
-                if let Some(lsn) = must_replay
-                    && !wait_for_replay(replica, &mut conn, lsn, deadline).await?
-                {
-                    return Ok(None);
+                let outcome = async {
+                    if let Some(lsn) = must_replay
+                        && !wait_for_replay(replica, &mut conn, lsn, deadline).await?
+                    {
+                        return Ok(None);
+                    }
+                    query(&mut conn).await.map(Some)
                 }
-                query(&mut conn).await.map(Some)
+                .await;
+                discard_if_broken(&mut conn, outcome)
             }
             .await;
             match result {
@@ -303,9 +306,9 @@ impl Db {
                 .map(|r| (r.name.as_str(), &r.pool))
                 .ok_or_else(|| DbError::UnknownNode(node.to_owned()))?
         };
-        let on_node = |e| DbError::from_sqlx(node, e);
-        let mut conn = acquire(pool_name, pool).await.map_err(on_node)?;
-        query(&mut conn).await.map_err(on_node)
+        run_on(pool_name, pool, query)
+            .await
+            .map_err(|e| DbError::from_sqlx(node, e))
     }
 
     /// The names of every node: `primary`, then `replica1`...
@@ -340,11 +343,12 @@ impl Db {
 
     /// Whether the primary answers a trivial query within the acquire timeout.
     pub async fn ping_primary(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.primary)
-            .await
-            .map(drop)
-            .map_err(|e| DbError::from_sqlx(PRIMARY, e))
+        run_on(PRIMARY, &self.primary, |c| {
+            Box::pin(sqlx::query("SELECT 1").execute(c))
+        })
+        .await
+        .map(drop)
+        .map_err(|e| DbError::from_sqlx(PRIMARY, e))
     }
 
     pub(crate) fn primary_reads(&self) -> &PgPool {
@@ -369,6 +373,32 @@ impl Db {
 /// replica that froze with all connections open is caught by the monitor's own timed check.
 pub(crate) fn is_full(pool: &PgPool) -> bool {
     pool.size() >= pool.options().get_max_connections()
+}
+
+/// Keeps a connection that failed as unreachable out of the pool. A server that shuts down
+/// or restarts answers its idle connections' next query with an error (57P01) and closes
+/// them, and sqlx would pool such a connection again: under load, where connections never
+/// sit idle long enough to be pinged, request after request would fail on it.
+fn discard_if_broken<T>(
+    conn: &mut PoolConnection<Postgres>,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    if let Err(e) = &result
+        && DbError::is_unavailable_error(e)
+    {
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// Runs `query` on a connection from `pool`; a connection it finds broken is not pooled again.
+pub(crate) async fn run_on<T, F>(pool_name: &str, pool: &PgPool, query: F) -> Result<T, sqlx::Error>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+{
+    let mut conn = acquire(pool_name, pool).await?;
+    let result = query(&mut conn).await;
+    discard_if_broken(&mut conn, result)
 }
 
 /// Acquires a connection, counting the callers waiting for one in `db_pool_waiting`.

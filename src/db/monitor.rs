@@ -97,20 +97,26 @@ pub fn spawn(db: Arc<Db>) -> JoinHandle<()> {
 }
 
 async fn primary_lsn(db: &Db) -> Result<Lsn, sqlx::Error> {
-    let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(db.primary_reads())
-        .await?;
+    let text: String = super::run_on(super::PRIMARY_READS, db.primary_reads(), |c| {
+        Box::pin(sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(c))
+    })
+    .await?;
     text.parse()
         .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 async fn observe(replica: &Replica) -> Result<Observation, sqlx::Error> {
-    let (in_recovery, replay, age_ms): (bool, Option<String>, Option<f64>) = sqlx::query_as(
-        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
-                (EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8",
-    )
-    .fetch_one(&replica.pool)
-    .await?;
+    let (in_recovery, replay, age_ms): (bool, Option<String>, Option<f64>) =
+        super::run_on(&replica.name, &replica.pool, |c| {
+            Box::pin(
+                sqlx::query_as(
+                    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+                     (EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000)::float8",
+                )
+                .fetch_one(c),
+            )
+        })
+        .await?;
     Ok(Observation {
         in_recovery,
         replay_lsn: replay.and_then(|t| t.parse().ok()),

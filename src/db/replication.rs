@@ -19,15 +19,19 @@ pub struct WalSender {
 impl Db {
     /// Reading the lag columns needs `pg_monitor` (granted to the app role by the stack).
     pub async fn wal_senders(&self) -> Result<Vec<WalSender>, DbError> {
-        sqlx::query_as(
-            "SELECT application_name, state, \
-                    EXTRACT(EPOCH FROM write_lag)::float8 * 1000 AS write_lag_ms, \
-                    EXTRACT(EPOCH FROM flush_lag)::float8 * 1000 AS flush_lag_ms, \
-                    EXTRACT(EPOCH FROM replay_lag)::float8 * 1000 AS replay_lag_ms, \
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::int8 AS bytes_behind \
-             FROM pg_stat_replication ORDER BY application_name",
-        )
-        .fetch_all(self.primary_reads())
+        super::run_on(super::PRIMARY_READS, self.primary_reads(), |c| {
+            Box::pin(
+                sqlx::query_as(
+                    "SELECT application_name, state, \
+                        EXTRACT(EPOCH FROM write_lag)::float8 * 1000 AS write_lag_ms, \
+                        EXTRACT(EPOCH FROM flush_lag)::float8 * 1000 AS flush_lag_ms, \
+                        EXTRACT(EPOCH FROM replay_lag)::float8 * 1000 AS replay_lag_ms, \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::int8 AS bytes_behind \
+                     FROM pg_stat_replication ORDER BY application_name",
+                )
+                .fetch_all(c),
+            )
+        })
         .await
         .map_err(|e| DbError::from_sqlx(PRIMARY, e))
     }

@@ -164,12 +164,16 @@ async fn write_and_read(
     replies: Vec<oneshot::Sender<Reply>>,
 ) -> Result<(), Arc<DbError>> {
     let entries: Arc<[NewEntry]> = entries.into();
-    let shared = entries.clone();
-    let written = db
-        .write(&mut ctx, move |c| {
-            Box::pin(async move { super::insert_all(c, &shared).await })
-        })
-        .await;
+    let written = match insert(db, &mut ctx, &entries).await {
+        // A connection the primary closed while it sat in the pool (a restart) fails at once.
+        // The insert is idempotent by request id, so one more try, on a new connection, is
+        // safe; a primary that is really down fails that try too.
+        Err(e) if e.is_unavailable() && !e.is_pool_timeout() => {
+            tracing::info!(error = %e, "batch insert failed on a broken connection; retrying once");
+            insert(db, &mut ctx, &entries).await
+        }
+        first => first,
+    };
     let written = match written {
         Ok(rows) => rows,
         Err(e) if !e.is_unavailable() && entries.len() > 1 => {
@@ -200,4 +204,16 @@ async fn write_and_read(
         let _ = reply.send(Ok((logged, ctx.last_write)));
     }
     Ok(())
+}
+
+async fn insert(
+    db: &Db,
+    ctx: &mut ReadContext,
+    entries: &Arc<[NewEntry]>,
+) -> Result<Vec<Entry>, DbError> {
+    let entries = entries.clone();
+    db.write(ctx, move |c| {
+        Box::pin(async move { super::insert_all(c, &entries).await })
+    })
+    .await
 }

@@ -56,8 +56,13 @@ struct Job {
 
 impl Job {
     fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
+        claim(&self.claimed)
     }
+}
+
+/// True for whoever sets the flag first.
+fn claim(flag: &AtomicBool) -> bool {
+    !flag.swap(true, Ordering::AcqRel)
 }
 
 impl Batcher {
@@ -89,7 +94,7 @@ impl Batcher {
         let answered = match timeout_at(deadline, &mut answer).await {
             Ok(answered) => answered,
             // Not taken yet: withdraw it, so it is never written.
-            Err(_) if !claimed.swap(true, Ordering::AcqRel) => return Err(busy()),
+            Err(_) if claim(&claimed) => return Err(busy()),
             // Taken: its batch is at the database, bounded by the database's own timeouts.
             Err(_) => answer.await,
         };

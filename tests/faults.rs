@@ -114,3 +114,27 @@ async fn with_redis_stopped_pages_still_work_and_never_read_stale() {
     )
     .await;
 }
+
+/// Redis can go after an instance last reached it: a new visitor's first Redis call is then
+/// the save, after the page was rendered and its row written. That costs the visit its
+/// session, never the page (tower-sessions would answer an empty 500).
+#[tokio::test]
+async fn redis_gone_before_the_session_is_saved_costs_the_session_not_the_page() {
+    let stack = common::Stack::get();
+    for n in 1..=stack.web {
+        let (status, _) = get_page(&client(), &stack.web_url(n)).await;
+        assert_eq!(status, 200, "web{n} reaches Redis first");
+    }
+    let rows = common::request_rows(&stack).await;
+    let stopped = stack.stopped("redis");
+    for n in 1..=stack.web {
+        let (status, page) = get_page(&client(), &stack.web_url(n)).await;
+        assert_eq!(status, 200, "web{n}: {page}");
+        assert!(page.contains("<table id=\"log\">"), "web{n}: {page}");
+    }
+    assert_eq!(
+        common::request_rows(&stack).await,
+        rows + i64::from(stack.web)
+    );
+    drop(stopped);
+}

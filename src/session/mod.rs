@@ -45,11 +45,10 @@ pub struct Visit {
 }
 
 impl Visit {
-    /// Loads the session. Never fails: with Redis down, `data` is `None` and nothing will be
-    /// saved, so the response is not turned into an error after the fact.
+    /// Loads the session. Never fails: with Redis down, `data` is `None` and nothing is saved.
     pub async fn open(session: Session, store: &RedisStore) -> Self {
-        // A new visitor costs Redis nothing until the end of the request, so first make sure
-        // that save can succeed, or the session layer would answer 500.
+        // A new visitor costs Redis nothing until the end of the request. When Redis is known
+        // to be down, check first, so the page says so rather than count a visit it cannot keep.
         if session.id().is_none() && !store.is_healthy() && store.ping().await.is_err() {
             return Self {
                 session,

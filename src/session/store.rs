@@ -98,6 +98,14 @@ fn key(id: &Id) -> String {
     format!("{PREFIX}{id}")
 }
 
+/// tower-sessions saves after the handler has run, so by then the page is rendered and its
+/// row written; an error here would replace that page with an empty 500. Redis failing in
+/// between costs the visit its session instead: the next request starts a new one (or, with
+/// Redis still down, goes on without). `run` has counted the error.
+fn unsaved(e: &RedisError) {
+    tracing::warn!(error = %e, "session not saved");
+}
+
 fn backend(e: RedisError) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
@@ -110,11 +118,14 @@ impl SessionStore for RedisStore {
         for _ in 0..3 {
             let mut cmd = Self::set(record)?;
             cmd.arg("NX");
-            let stored: Option<String> = self.run(cmd).await.map_err(backend)?;
-            if stored.is_some() {
-                return Ok(());
+            match self.run::<Option<String>>(cmd).await {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) => record.id = Id::default(),
+                Err(e) => {
+                    unsaved(&e);
+                    return Ok(());
+                }
             }
-            record.id = Id::default();
         }
         Err(session_store::Error::Backend(
             "no free session id after 3 tries".into(),
@@ -122,7 +133,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.run::<()>(Self::set(record)?).await.map_err(backend)
+        if let Err(e) = self.run::<()>(Self::set(record)?).await {
+            unsaved(&e);
+        }
+        Ok(())
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {

@@ -84,6 +84,30 @@ async fn without_replicas_reads_say_they_used_the_primary() {
     assert_eq!(read.reason.to_string(), "no replicas are configured");
 }
 
+/// `/readyz` counts reads that wanted a replica and got the primary; a sticky session reading
+/// its own recent write from the primary is the mode working, not a fallback.
+#[tokio::test]
+async fn sticky_reads_are_not_counted_as_fallbacks_but_unsafe_routes_are() {
+    let stack = common::Stack::get();
+    let db = stack.db(stack.replicas);
+    let mut ctx = ReadContext::new(Consistency::Sticky, None);
+    db.write(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
+    let read = db.read(&ctx, |c| Box::pin(in_recovery(c))).await.unwrap();
+    assert_eq!(read.node, "primary");
+    assert_eq!(read.reason.kind(), "sticky_window");
+    assert_eq!(db.fallback_reads(), 0);
+
+    let unknown = ReadContext::unknown(Consistency::Causal);
+    let read = db
+        .read(&unknown, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
+    assert_eq!(read.reason.kind(), "session_unavailable");
+    assert_eq!(db.fallback_reads(), 1);
+}
+
 #[tokio::test]
 async fn the_app_role_cannot_change_the_schema_or_create_roles() {
     let stack = common::Stack::get();

@@ -131,6 +131,12 @@ impl Reason {
     pub fn on_replica(self) -> bool {
         matches!(self, Self::AnyReplica | Self::Replayed { .. })
     }
+
+    /// The primary served a read a replica should have: not a sticky window, which reads the
+    /// primary by design, nor a deployment without replicas.
+    pub fn is_fallback(self) -> bool {
+        !self.on_replica() && !matches!(self, Self::StickyWindow { .. } | Self::NoReplicas)
+    }
 }
 
 impl fmt::Display for Reason {

@@ -186,7 +186,7 @@ impl Db {
             Err(reason) => reason,
         };
         crate::observe::read(PRIMARY, ctx.mode, reason);
-        if reason != Reason::NoReplicas {
+        if reason.is_fallback() {
             self.fallback_reads.fetch_add(1, Ordering::Relaxed);
         }
         let value = run_on(PRIMARY_READS, &self.primary_reads, query)

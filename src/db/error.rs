@@ -14,8 +14,6 @@ pub enum DbError {
     UnknownNode(String),
     #[error("bad database URL {url}: {source}")]
     Config { url: String, source: sqlx::Error },
-    #[error("the primary returned an unreadable LSN: {0}")]
-    Lsn(String),
     /// One failure of a query that several requests shared (a request log batch).
     #[error(transparent)]
     Shared(Arc<DbError>),

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 
 /// A WAL position (`pg_lsn`), ordered, so "has this replica replayed my write" is a comparison.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -47,6 +48,15 @@ impl TryFrom<String> for Lsn {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
+}
+
+/// The primary's current WAL position: after a commit, at or past that commit's record.
+pub(crate) async fn current(conn: &mut PgConnection) -> Result<Lsn, sqlx::Error> {
+    let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(conn)
+        .await?;
+    text.parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 #[cfg(test)]

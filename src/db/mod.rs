@@ -158,11 +158,8 @@ impl Db {
         let value = query(&mut conn).await;
         let value = discard_if_broken(&mut conn, value).map_err(on_primary)?;
         let lsn = if ctx.track_lsn {
-            let text = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
-                .fetch_one(&mut *conn)
-                .await;
-            let text = discard_if_broken(&mut conn, text).map_err(on_primary)?;
-            Some(text.parse().map_err(DbError::Lsn)?)
+            let lsn = lsn::current(&mut conn).await;
+            Some(discard_if_broken(&mut conn, lsn).map_err(on_primary)?)
         } else {
             None
         };
@@ -418,8 +415,8 @@ async fn wait_for_replay(
     if replica.replay_lsn().is_some_and(|seen| seen >= lsn) {
         return Ok(true);
     }
-    // Replay on a nearby replica usually takes well under a millisecond: poll soon, then
-    // back off, so a lagging replica costs few queries.
+    // Poll soon, then back off: a replica that keeps up is seen at once, one that lags costs
+    // few queries.
     let mut poll = Duration::from_millis(1);
     const MAX_POLL: Duration = Duration::from_millis(8);
     loop {

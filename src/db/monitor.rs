@@ -97,12 +97,10 @@ pub fn spawn(db: Arc<Db>) -> JoinHandle<()> {
 }
 
 async fn primary_lsn(db: &Db) -> Result<Lsn, sqlx::Error> {
-    let text: String = super::run_on(super::PRIMARY_READS, db.primary_reads(), |c| {
-        Box::pin(sqlx::query_scalar("SELECT pg_current_wal_lsn()::text").fetch_one(c))
+    super::run_on(super::PRIMARY_READS, db.primary_reads(), |c| {
+        Box::pin(super::lsn::current(c))
     })
-    .await?;
-    text.parse()
-        .map_err(|e: String| sqlx::Error::Decode(e.into()))
+    .await
 }
 
 async fn observe(replica: &Replica) -> Result<Observation, sqlx::Error> {

@@ -36,6 +36,10 @@ pub struct DbConfig {
     /// Shorter than the primary's: a dead replica should cost a read little before the
     /// router moves on.
     pub replica_acquire_timeout: Duration,
+    /// How long a replica may take to answer a read before it counts as unreachable and the
+    /// read moves on: a partitioned replica never answers, and its server-side
+    /// `statement_timeout` cannot fire where nothing reaches it.
+    pub replica_read_timeout: Duration,
     pub statement_timeout: Duration,
     /// Most `GET /` requests one shared insert may write (group commit); 1 writes each alone.
     pub log_batch_rows: usize,
@@ -123,6 +127,7 @@ impl Config {
             replica_pool_size: r.ranged("REPLICA_POOL_SIZE", 10, 1..=500)?,
             acquire_timeout: r.millis("DB_ACQUIRE_TIMEOUT_MS", 1500, 10..=60_000)?,
             replica_acquire_timeout: r.millis("REPLICA_ACQUIRE_TIMEOUT_MS", 250, 10..=60_000)?,
+            replica_read_timeout: r.millis("REPLICA_READ_TIMEOUT_MS", 1000, 10..=600_000)?,
             statement_timeout: r.millis("DB_STATEMENT_TIMEOUT_MS", 5000, 10..=600_000)?,
             // Up to a page's worth, so every request of a batch finds its row on its page.
             log_batch_rows: r.ranged(

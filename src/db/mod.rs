@@ -57,6 +57,7 @@ pub struct Db {
     next_replica: AtomicUsize,
     fallback_reads: AtomicU64,
     routing: RoutingConfig,
+    replica_read_timeout: Duration,
 }
 
 impl Db {
@@ -125,6 +126,7 @@ impl Db {
             next_replica: AtomicUsize::new(0),
             fallback_reads: AtomicU64::new(0),
             routing,
+            replica_read_timeout: config.replica_read_timeout,
         })
     }
 
@@ -232,15 +234,16 @@ impl Db {
         for replica in self.usable_replicas() {
             let result = async {
                 let mut conn = acquire(&replica.name, &replica.pool).await?;
-                let outcome = async {
+                let outcome = tokio::time::timeout(self.replica_read_timeout, async {
                     if let Some(lsn) = must_replay
                         && !wait_for_replay(replica, &mut conn, lsn, deadline).await?
                     {
                         return Ok(None);
                     }
                     query(&mut conn).await.map(Some)
-                }
-                .await;
+                })
+                .await
+                .unwrap_or_else(|_| Err(no_answer(self.replica_read_timeout)));
                 discard_if_broken(&mut conn, outcome)
             }
             .await;
@@ -386,6 +389,14 @@ fn discard_if_broken<T>(
         conn.close_on_drop();
     }
     result
+}
+
+/// A node that did not answer in time: it counts as unreachable, like a refused connection.
+fn no_answer(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {} ms", limit.as_millis()),
+    ))
 }
 
 /// Runs `query` on a connection from `pool`; a connection it finds broken is not pooled again.

@@ -1,5 +1,6 @@
-//! The `/test` chart: time to visible per probe, one lane per mode, as geometry the template
-//! draws as inline SVG. Server-rendered: no script, no CDN, fine under a strict CSP.
+//! The `/test` chart: time to visible per probe, one lane per mode, and under the axis a mark
+//! where the reader session saw time travel, as geometry the template draws as inline SVG.
+//! Server-rendered: no script, no CDN, fine under a strict CSP.
 
 use crate::probe::{Run, VISIBLE_WITHIN};
 
@@ -38,7 +39,8 @@ pub struct Mark {
     pub y: f64,
     pub w: f64,
     pub h: f64,
-    /// `stale`, `fresh`, `primary` or `lost` (not visible within the watch window).
+    /// `stale`, `fresh`, `primary`, `lost` (not visible within the watch window) or
+    /// `travel` (under the axis: the reader missed a row it had seen).
     pub class: &'static str,
     pub title: String,
 }
@@ -64,6 +66,22 @@ impl Chart {
                 let axis_y = top + LANE;
                 let n = run.probes.len().max(1) as f64;
                 let slot = (WIDTH - LEFT - RIGHT) / n;
+                let travel = run
+                    .probes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.time_travel > 0)
+                    .map(|(j, p)| Mark {
+                        x: round(LEFT + j as f64 * slot),
+                        y: round(axis_y + 3.0),
+                        w: round((slot - 1.0).max(1.0)),
+                        h: 6.0,
+                        class: "travel",
+                        title: format!(
+                            "#{}: time travel, the reader missed a row it had seen ({} of its reads)",
+                            p.seq, p.time_travel
+                        ),
+                    });
                 let marks = run
                     .probes
                     .iter()
@@ -96,6 +114,7 @@ impl Chart {
                             title,
                         }
                     })
+                    .chain(travel)
                     .collect();
                 let ticks = [0.0, 0.5, 1.0]
                     .into_iter()

@@ -179,8 +179,9 @@ impl Console {
     }
 
     async fn probe(&self, modes: Vec<Consistency>, n: u32) -> Result<String, DbError> {
-        let mut out =
-            String::from("mode      probes  stale  on replicas  visible p50  p95       max\n");
+        let mut out = String::from(
+            "mode      probes  stale  time travel  on replicas  visible p50  p95       max\n",
+        );
         let mut ctx = ReadContext::new(self.default_mode, None);
         for mode in modes {
             ctx.mode = mode;
@@ -190,10 +191,11 @@ impl Console {
             let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"));
             let _ = writeln!(
                 out,
-                "{:<9} {:<7} {:<6} {:<12} {:<12} {:<9} {}",
+                "{:<9} {:<7} {:<6} {:<12} {:<12} {:<12} {:<9} {}",
                 s.mode.as_str(),
                 s.probes,
                 s.stale,
+                format!("{}/{}", s.time_travel, s.reader_reads),
                 format!("{:.0}%", s.replica_share * 100.0),
                 ms(s.visible_p50_ms),
                 ms(s.visible_p95_ms),

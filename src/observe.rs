@@ -66,6 +66,12 @@ pub fn read(node: &str, mode: Consistency, reason: Reason) {
         .increment(1);
 }
 
+/// A query causal mode added to a read: `wait` polls a replica's replay position before the
+/// read, `observe` takes the answering node's position after it (for the session's token).
+pub fn causal_query(node: &str, kind: &'static str) {
+    counter!("causal_queries_total", "node" => node.to_owned(), "kind" => kind).increment(1);
+}
+
 pub fn probe_read(mode: Consistency, stale: bool) {
     let result = if stale { "stale" } else { "fresh" };
     counter!("probe_reads_total", "mode" => mode.as_str(), "result" => result).increment(1);

@@ -1,7 +1,9 @@
 //! The staleness probe: write a row on the primary, read it straight back through the read
-//! route, and time how long the answering replica took to show it.
+//! route, and time how long the answering replica took to show it. Beside the writer, a
+//! reader session that never writes reads the rows written so far and counts the reads that
+//! miss a row it had already seen: time travel, which causal mode rules out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,6 +18,9 @@ pub const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
 const POLL_EVERY: Duration = Duration::from_millis(5);
 /// Probe rows kept; older ones are deleted at the start of every run.
 const KEEP_ROWS: i64 = 10_000;
+/// The reader's reads after each write: two, so that consecutive reads can land on
+/// different replicas, which is where time travel happens.
+const READER_READS: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Probe {
@@ -35,6 +40,10 @@ pub struct Probe {
     /// From the commit until the row was visible on the replica that answered; `None` when
     /// the primary answered, or when the row did not show within [`VISIBLE_WITHIN`].
     pub visible_ms: Option<f64>,
+    /// How long causal mode waited for a replica before the read-back.
+    pub waited_ms: Option<u64>,
+    /// The reader's reads after this write that missed a row it had seen before.
+    pub time_travel: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +61,14 @@ pub struct Summary {
     pub not_visible: usize,
     /// The median time one probe took: write, read back, and any causal wait.
     pub probe_p50_ms: f64,
+    /// The reader session's reads, those a replica answered, and those that missed a row
+    /// the reader had already seen.
+    pub reader_reads: usize,
+    pub reader_replica_reads: usize,
+    pub time_travel: usize,
+    /// Causal waits for a replica, over the writer's and the reader's reads that waited.
+    pub wait_p50_ms: Option<f64>,
+    pub wait_max_ms: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +109,8 @@ pub async fn run(
     let mut probes = Vec::with_capacity(n as usize);
     let mut committed_at = Vec::with_capacity(n as usize);
     let mut durations = Vec::with_capacity(n as usize);
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut reader = Reader::new(ctx.mode);
     for seq in 1..=n {
         let started = Instant::now();
         let id = write(db, instance, &mut ctx).await?;
@@ -100,11 +119,13 @@ pub async fn run(
             value: seen,
             node,
             reason,
-        } = db.read(&ctx, |c| Box::pin(read_back(c, id))).await?;
+        } = db.read(&mut ctx, |c| Box::pin(read_back(c, id))).await?;
         let read_ms = ms(committed.elapsed());
         crate::observe::probe_read(ctx.mode, !seen.found);
         durations.push(ms(started.elapsed()));
         committed_at.push(committed);
+        ids.push(id);
+        let time_travel = reader.read(db, &ids).await?;
         probes.push(Probe {
             seq,
             id,
@@ -117,11 +138,65 @@ pub async fn run(
             replay_lsn: seen.replay_lsn.and_then(|t| t.parse().ok()),
             read_ms,
             visible_ms: None,
+            waited_ms: reason.waited_ms(),
+            time_travel,
         });
     }
     watch_until_visible(db, &mut probes, &committed_at).await;
-    let summary = summarize(ctx.mode, &probes, &mut durations);
+    let summary = summarize(ctx.mode, &probes, &mut durations, reader);
     Ok((Run { summary, probes }, ctx))
+}
+
+/// A session that never writes, reading what the writer wrote, with a context of its own.
+struct Reader {
+    ctx: ReadContext,
+    seen: BTreeSet<i64>,
+    reads: usize,
+    replica_reads: usize,
+    time_travel: usize,
+    waits: Vec<u64>,
+}
+
+impl Reader {
+    fn new(mode: Consistency) -> Self {
+        Self {
+            ctx: ReadContext::new(mode, None),
+            seen: BTreeSet::new(),
+            reads: 0,
+            replica_reads: 0,
+            time_travel: 0,
+            waits: Vec::new(),
+        }
+    }
+
+    /// Reads which of `ids` exist, [`READER_READS`] times; returns how many of those reads
+    /// missed a row an earlier read had shown.
+    async fn read(&mut self, db: &Db, ids: &[i64]) -> Result<u32, DbError> {
+        let mut missed = 0;
+        for _ in 0..READER_READS {
+            let read = db
+                .read(&mut self.ctx, |c| {
+                    let ids = ids.to_vec();
+                    Box::pin(async move {
+                        sqlx::query_scalar::<_, i64>("SELECT id FROM probe WHERE id = ANY($1)")
+                            .bind(ids)
+                            .fetch_all(c)
+                            .await
+                    })
+                })
+                .await?;
+            self.reads += 1;
+            self.replica_reads += usize::from(read.reason.on_replica());
+            self.waits.extend(read.reason.waited_ms());
+            let now: BTreeSet<i64> = read.value.into_iter().collect();
+            if !self.seen.is_subset(&now) {
+                missed += 1;
+                self.time_travel += 1;
+            }
+            self.seen.extend(now);
+        }
+        Ok(missed)
+    }
 }
 
 /// Writes one probe row on the primary; `ctx` records the write with its commit LSN.
@@ -201,13 +276,25 @@ async fn watch_until_visible(db: &Db, probes: &mut [Probe], committed_at: &[Inst
     }
 }
 
-fn summarize(mode: Consistency, probes: &[Probe], durations: &mut [f64]) -> Summary {
+fn summarize(
+    mode: Consistency,
+    probes: &[Probe],
+    durations: &mut [f64],
+    reader: Reader,
+) -> Summary {
     let count = probes.len();
     let stale = probes.iter().filter(|p| p.stale).count();
     let replica_reads = probes.iter().filter(|p| p.on_replica).count();
     let mut visible: Vec<f64> = probes.iter().filter_map(|p| p.visible_ms).collect();
     visible.sort_by(f64::total_cmp);
     durations.sort_by(f64::total_cmp);
+    let mut waits: Vec<f64> = probes
+        .iter()
+        .filter_map(|p| p.waited_ms)
+        .chain(reader.waits.iter().copied())
+        .map(|w| w as f64)
+        .collect();
+    waits.sort_by(f64::total_cmp);
     Summary {
         mode,
         probes: count,
@@ -223,6 +310,11 @@ fn summarize(mode: Consistency, probes: &[Probe], durations: &mut [f64]) -> Summ
             .filter(|p| p.stale && p.visible_ms.is_none())
             .count(),
         probe_p50_ms: percentile(durations, 50).unwrap_or(0.0),
+        reader_reads: reader.reads,
+        reader_replica_reads: reader.replica_reads,
+        time_travel: reader.time_travel,
+        wait_p50_ms: percentile(&waits, 50),
+        wait_max_ms: waits.last().copied(),
     }
 }
 

@@ -27,7 +27,10 @@ async fn writes_reach_the_primary_and_reads_reach_a_replica() {
     assert!(!on_standby, "the write route ran on a standby");
 
     for _ in 0..stack.replicas * 2 {
-        let read = db.read(&ctx, |c| Box::pin(in_recovery(c))).await.unwrap();
+        let read = db
+            .read(&mut ctx, |c| Box::pin(in_recovery(c)))
+            .await
+            .unwrap();
         assert!(
             read.value,
             "the read route ran on a primary (labelled {})",
@@ -40,9 +43,9 @@ async fn writes_reach_the_primary_and_reads_reach_a_replica() {
 async fn insert_through_read_route(replicas: u16) -> (String, DbError) {
     let stack = common::Stack::get();
     let db = stack.db(replicas);
-    let ctx = ReadContext::new(Consistency::Eventual, None);
+    let mut ctx = ReadContext::new(Consistency::Eventual, None);
     let result = db
-        .read(&ctx, |c| {
+        .read(&mut ctx, |c| {
             Box::pin(
                 sqlx::query(
                     "INSERT INTO request_log (method, path, client_addr, user_agent, instance) \
@@ -77,8 +80,11 @@ async fn a_write_down_the_read_route_fails_without_replicas() {
 async fn without_replicas_reads_say_they_used_the_primary() {
     let stack = common::Stack::get();
     let db = stack.db(0);
-    let ctx = ReadContext::new(Consistency::Eventual, None);
-    let read = db.read(&ctx, |c| Box::pin(in_recovery(c))).await.unwrap();
+    let mut ctx = ReadContext::new(Consistency::Eventual, None);
+    let read = db
+        .read(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
     assert_eq!(read.node, "primary");
     assert!(!read.value);
     assert_eq!(read.reason.to_string(), "no replicas are configured");
@@ -94,14 +100,17 @@ async fn sticky_reads_are_not_counted_as_fallbacks_but_unsafe_routes_are() {
     db.write(&mut ctx, |c| Box::pin(in_recovery(c)))
         .await
         .unwrap();
-    let read = db.read(&ctx, |c| Box::pin(in_recovery(c))).await.unwrap();
+    let read = db
+        .read(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
     assert_eq!(read.node, "primary");
     assert_eq!(read.reason.kind(), "sticky_window");
     assert_eq!(db.fallback_reads(), 0);
 
-    let unknown = ReadContext::unknown(Consistency::Causal);
+    let mut unknown = ReadContext::unknown(Consistency::Causal);
     let read = db
-        .read(&unknown, |c| Box::pin(in_recovery(c)))
+        .read(&mut unknown, |c| Box::pin(in_recovery(c)))
         .await
         .unwrap();
     assert_eq!(read.reason.kind(), "session_unavailable");

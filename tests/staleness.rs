@@ -59,7 +59,7 @@ async fn causal_reads_a_replica_once_it_has_replayed_the_write() {
             p["reason"]
                 .as_str()
                 .unwrap()
-                .contains("replayed your write"),
+                .contains("replayed all your session has seen"),
             "{p}"
         );
     }

@@ -15,7 +15,8 @@ pub enum Consistency {
     Eventual,
     /// The primary for a window after this session's last write (Rails' DatabaseSelector).
     Sticky,
-    /// A replica only once it has replayed this session's last write, by LSN.
+    /// A replica only once it has replayed everything this session has seen (its causal
+    /// token): read-your-writes and monotonic reads, across instances.
     Causal,
 }
 
@@ -58,11 +59,16 @@ pub struct WriteMark {
     pub lsn: Option<Lsn>,
 }
 
-/// The routing context of one session: its mode and its last write.
+/// The routing context of one session: its mode, its last write and its causal token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadContext {
     pub mode: Consistency,
     pub last_write: Option<WriteMark>,
+    /// The highest WAL position this session has observed: after its writes' commits, and
+    /// what each node that answered its reads had reached. Causal reads go only to a replica
+    /// that has replayed this far, so the session never sees time go backwards. It only
+    /// moves forward ([`ReadContext::observe`]).
+    pub token: Option<Lsn>,
     /// False when the session store could not be read: sticky and causal then cannot know
     /// the last write, and read the primary rather than risk a stale replica.
     pub known: bool,
@@ -76,6 +82,7 @@ impl ReadContext {
         Self {
             mode,
             last_write,
+            token: last_write.and_then(|w| w.lsn),
             known: true,
             track_lsn: mode == Consistency::Causal,
         }
@@ -83,11 +90,19 @@ impl ReadContext {
 
     pub fn unknown(mode: Consistency) -> Self {
         Self {
-            mode,
-            last_write: None,
             known: false,
-            track_lsn: mode == Consistency::Causal,
+            ..Self::new(mode, None)
         }
+    }
+
+    /// Advances the causal token to `lsn` if that is further; never moves it back.
+    pub fn observe(&mut self, lsn: Lsn) {
+        self.token = self.token.max(Some(lsn));
+    }
+
+    /// Whether reads in this context advance the token: only causal mode routes by it.
+    pub fn tracks_reads(&self) -> bool {
+        self.mode == Consistency::Causal
     }
 }
 
@@ -97,11 +112,11 @@ impl ReadContext {
 pub enum Reason {
     /// Eventual mode, or no write of this session to respect.
     AnyReplica,
-    /// Causal mode: the replica had replayed the session's write.
+    /// Causal mode: the replica had replayed everything the session has seen.
     Replayed { waited_ms: u64 },
     /// Sticky mode: this session wrote recently.
     StickyWindow { left_ms: u64 },
-    /// Causal mode: no replica replayed the write in time.
+    /// Causal mode: no replica reached the session's token in time.
     CausalTimeout { waited_ms: u64 },
     /// Sticky or causal, but the session store was unavailable.
     SessionUnavailable,
@@ -128,6 +143,14 @@ impl Reason {
         }
     }
 
+    /// How long causal mode waited for a replica, when it did.
+    pub fn waited_ms(self) -> Option<u64> {
+        match self {
+            Self::Replayed { waited_ms } | Self::CausalTimeout { waited_ms } => Some(waited_ms),
+            _ => None,
+        }
+    }
+
     pub fn on_replica(self) -> bool {
         matches!(self, Self::AnyReplica | Self::Replayed { .. })
     }
@@ -144,9 +167,14 @@ impl fmt::Display for Reason {
         let secs = |ms: u64| Duration::from_millis(ms).as_secs_f64();
         match *self {
             Self::AnyReplica => f.write_str("a usable replica, chosen round-robin"),
-            Self::Replayed { waited_ms: 0 } => f.write_str("it had replayed your write"),
+            Self::Replayed { waited_ms: 0 } => {
+                f.write_str("it had replayed all your session has seen")
+            }
             Self::Replayed { waited_ms } => {
-                write!(f, "it had replayed your write after {waited_ms} ms")
+                write!(
+                    f,
+                    "it had replayed all your session has seen after {waited_ms} ms"
+                )
             }
             Self::StickyWindow { left_ms } => {
                 write!(f, "sticky window, {:.1} s left", secs(left_ms))
@@ -190,6 +218,24 @@ mod tests {
             Reason::CausalTimeout { waited_ms: 50 }.to_string(),
             "no replica had caught up within 50 ms"
         );
+    }
+
+    #[test]
+    fn the_token_only_moves_forward() {
+        let mut ctx = ReadContext::new(Consistency::Causal, None);
+        assert_eq!(ctx.token, None);
+        ctx.observe(Lsn(20));
+        ctx.observe(Lsn(10));
+        assert_eq!(ctx.token, Some(Lsn(20)));
+        let from_write = ReadContext::new(
+            Consistency::Causal,
+            Some(WriteMark {
+                at_ms: 1,
+                lsn: Some(Lsn(7)),
+            }),
+        );
+        assert_eq!(from_write.token, Some(Lsn(7)));
+        assert!(!ReadContext::unknown(Consistency::Causal).known);
     }
 
     #[test]

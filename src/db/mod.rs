@@ -169,17 +169,28 @@ impl Db {
             at_ms: unix_millis(),
             lsn,
         });
+        if let Some(lsn) = lsn {
+            ctx.observe(lsn);
+        }
         Ok(value)
     }
 
-    /// Runs `query` on the node the session's consistency mode allows, and says which.
-    pub async fn read<T, F>(&self, ctx: &ReadContext, mut query: F) -> Result<Routed<T>, DbError>
+    /// Runs `query` on the node the session's consistency mode allows, and says which. In
+    /// causal mode the answering node's position advances the session's token in `ctx`.
+    pub async fn read<T, F>(
+        &self,
+        ctx: &mut ReadContext,
+        mut query: F,
+    ) -> Result<Routed<T>, DbError>
     where
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
         let reason = match self.replica_read(ctx, &mut query).await? {
-            Ok(routed) => {
+            Ok((routed, seen)) => {
                 crate::observe::read(&routed.node, ctx.mode, routed.reason);
+                if let Some(lsn) = seen {
+                    ctx.observe(lsn);
+                }
                 return Ok(routed);
             }
             Err(reason) => reason,
@@ -188,9 +199,18 @@ impl Db {
         if reason.is_fallback() {
             self.fallback_reads.fetch_add(1, Ordering::Relaxed);
         }
-        let value = run_on(PRIMARY_READS, &self.primary_reads, query)
+        let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
+        let mut conn = acquire(PRIMARY_READS, &self.primary_reads)
             .await
-            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
+            .map_err(on_primary)?;
+        let value = query(&mut conn).await;
+        let value = discard_if_broken(&mut conn, value).map_err(on_primary)?;
+        if ctx.tracks_reads() {
+            // Everything the read saw had committed by the primary's position after it.
+            crate::observe::causal_query(PRIMARY, "observe");
+            let seen = lsn::current(&mut conn).await;
+            ctx.observe(discard_if_broken(&mut conn, seen).map_err(on_primary)?);
+        }
         Ok(Routed {
             value,
             node: PRIMARY.to_owned(),
@@ -198,12 +218,13 @@ impl Db {
         })
     }
 
-    /// Tries the replicas the context allows; `Ok(Err(reason))` says why the primary must answer.
+    /// Tries the replicas the context allows, returning the read and, in causal mode, the
+    /// replica's position after it; `Ok(Err(reason))` says why the primary must answer.
     async fn replica_read<T, F>(
         &self,
         ctx: &ReadContext,
         query: &mut F,
-    ) -> Result<Result<Routed<T>, Reason>, DbError>
+    ) -> Result<Result<(Routed<T>, Option<Lsn>), Reason>, DbError>
     where
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
@@ -224,9 +245,10 @@ impl Db {
             }
         }
         let must_replay = match ctx.mode {
-            Consistency::Causal => last_write.lsn,
+            Consistency::Causal => ctx.token,
             _ => None,
         };
+        let observe = ctx.tracks_reads();
         let started = Instant::now();
         let deadline = started + self.routing.causal_wait;
         let mut timed_out = false;
@@ -240,7 +262,16 @@ impl Db {
                     {
                         return Ok(None);
                     }
-                    query(&mut conn).await.map(Some)
+                    let value = query(&mut conn).await?;
+                    // The read's snapshot is at most what the replica had replayed after it:
+                    // later reads must see at least that much, or rows it showed could vanish.
+                    let seen = if observe {
+                        crate::observe::causal_query(&replica.name, "observe");
+                        replay_lsn(&mut conn).await?
+                    } else {
+                        None
+                    };
+                    Ok(Some((value, seen)))
                 })
                 .await
                 .unwrap_or_else(|_| Err(no_answer(self.replica_read_timeout)));
@@ -248,18 +279,22 @@ impl Db {
             }
             .await;
             match result {
-                Ok(Some(value)) => {
+                Ok(Some((value, seen))) => {
                     let reason = match must_replay {
                         Some(_) => Reason::Replayed {
                             waited_ms: elapsed_ms(started),
                         },
                         None => Reason::AnyReplica,
                     };
-                    return Ok(Ok(Routed {
+                    if let Some(lsn) = seen {
+                        replica.note_replayed(lsn);
+                    }
+                    let routed = Routed {
                         value,
                         node: replica.name.clone(),
                         reason,
-                    }));
+                    };
+                    return Ok(Ok((routed, seen)));
                 }
                 Ok(None) => timed_out = true,
                 // A full pool means this instance is busy, not that the replica is down:
@@ -431,14 +466,12 @@ async fn wait_for_replay(
     let mut poll = Duration::from_millis(1);
     const MAX_POLL: Duration = Duration::from_millis(8);
     loop {
-        let replayed: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
-            .fetch_one(&mut *conn)
-            .await?;
-        if replayed
-            .and_then(|t| t.parse::<Lsn>().ok())
-            .is_some_and(|seen| seen >= lsn)
-        {
-            return Ok(true);
+        crate::observe::causal_query(&replica.name, "wait");
+        if let Some(seen) = replay_lsn(&mut *conn).await? {
+            replica.note_replayed(seen);
+            if seen >= lsn {
+                return Ok(true);
+            }
         }
         let now = Instant::now();
         if now >= deadline {
@@ -447,6 +480,16 @@ async fn wait_for_replay(
         tokio::time::sleep(poll.min(deadline - now)).await;
         poll = (poll * 2).min(MAX_POLL);
     }
+}
+
+/// How far a replica has replayed; `None` on a node that is not in recovery.
+async fn replay_lsn(conn: &mut PgConnection) -> Result<Option<Lsn>, sqlx::Error> {
+    let text: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+        .fetch_one(conn)
+        .await?;
+    text.map(|t| t.parse())
+        .transpose()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 fn elapsed_ms(since: Instant) -> u64 {

@@ -78,6 +78,13 @@ impl Replica {
         self.state().replay_lsn
     }
 
+    /// A read saw the replica at `lsn`: a fresher lower bound than the last check's, so later
+    /// causal reads up to it need no replay query. Never moves the figure back.
+    pub fn note_replayed(&self, lsn: Lsn) {
+        let mut state = self.state();
+        state.replay_lsn = state.replay_lsn.max(Some(lsn));
+    }
+
     pub fn status(&self) -> ReplicaStatus {
         ReplicaStatus {
             name: self.name.clone(),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
 use super::{Entry, NewEntry, SHOWN};
-use crate::db::{Consistency, Db, DbError, PRIMARY, ReadContext, Routed, WriteMark};
+use crate::db::{Consistency, Db, DbError, Lsn, PRIMARY, ReadContext, Routed, WriteMark};
 
 /// Requests that may wait for a batch; beyond this, callers wait for room, within the same
 /// patience as for the batch itself.
@@ -41,8 +41,26 @@ pub struct Logged {
     pub read: Result<Routed<Vec<Entry>>, DbError>,
 }
 
-/// A request's share, and the batch's write for its session to remember.
-type Reply = Result<(Logged, Option<WriteMark>), DbError>;
+/// A request's share, and what its session is to remember of the batch.
+type Reply = Result<(Logged, Seen), DbError>;
+
+/// The batch's write, and the causal token after its read. Every session's own token was
+/// observed before the batch committed, so it is at most the batch's commit position: the
+/// batch's token covers each of them.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    write: Option<WriteMark>,
+    token: Option<Lsn>,
+}
+
+impl From<&ReadContext> for Seen {
+    fn from(ctx: &ReadContext) -> Self {
+        Self {
+            write: ctx.last_write,
+            token: ctx.token,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Job {
@@ -98,8 +116,11 @@ impl Batcher {
             // Taken: its batch is at the database, bounded by the database's own timeouts.
             Err(_) => answer.await,
         };
-        let (logged, write) = answered.map_err(|_| DbError::BatchLost)??;
-        ctx.last_write = write;
+        let (logged, seen) = answered.map_err(|_| DbError::BatchLost)??;
+        ctx.last_write = seen.write;
+        if let Some(token) = seen.token {
+            ctx.observe(token);
+        }
         Ok(logged)
     }
 }
@@ -198,7 +219,7 @@ async fn write_and_read(
         }
     };
     let read = db
-        .read(&ctx, |c| Box::pin(super::latest(c, SHOWN)))
+        .read(&mut ctx, |c| Box::pin(super::latest(c, SHOWN)))
         .await
         .map_err(Arc::new);
     for (reply, written) in replies.into_iter().zip(written) {
@@ -206,7 +227,7 @@ async fn write_and_read(
             written,
             read: read.clone().map_err(DbError::Shared),
         };
-        let _ = reply.send(Ok((logged, ctx.last_write)));
+        let _ = reply.send(Ok((logged, Seen::from(&ctx))));
     }
     Ok(())
 }

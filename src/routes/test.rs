@@ -82,7 +82,7 @@ async fn measure(
     for mode in modes {
         let ctx = visit.read_context(mode);
         let (run, ctx) = probe::run(&state.db, &state.config.instance, ctx, n).await?;
-        visit.remember_write(&ctx).await;
+        visit.remember(&ctx).await;
         runs.push(run);
     }
     let wal_senders = state.db.wal_senders().await;
@@ -146,7 +146,7 @@ pub async fn write_json(
     let mut ctx = visit.read_context(state.config.routing.consistency);
     probe::prune(&state.db).await?;
     let id = probe::write(&state.db, &state.config.instance, &mut ctx).await?;
-    visit.remember_write(&ctx).await;
+    visit.remember(&ctx).await;
     Ok(Json(WriteReport {
         id,
         instance: state.config.instance.clone(),
@@ -161,6 +161,8 @@ pub struct ReadBackReport {
     node: String,
     reason: String,
     in_recovery: bool,
+    /// The session's causal token after this read (causal mode advances it).
+    token: Option<crate::db::Lsn>,
 }
 
 /// `GET /test/read.json?id=N&mode=M`: reads probe row N back through the read route with this
@@ -182,18 +184,20 @@ pub async fn read_json(
             AppError::BadRequest("mode must be one of eventual, sticky or causal".into()).into(),
         );
     };
-    let visit = Visit::open(session, &state.sessions).await;
-    let ctx = visit.read_context(mode);
+    let mut visit = Visit::open(session, &state.sessions).await;
+    let mut ctx = visit.read_context(mode);
     let read = state
         .db
-        .read(&ctx, |c| Box::pin(probe::read_back(c, id)))
+        .read(&mut ctx, |c| Box::pin(probe::read_back(c, id)))
         .await?;
+    visit.remember(&ctx).await;
     Ok(Json(ReadBackReport {
         id,
         found: read.value.found,
         in_recovery: read.value.in_recovery,
         reason: read.reason.to_string(),
         node: read.node,
+        token: ctx.token,
     }))
 }
 

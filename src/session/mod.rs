@@ -8,9 +8,10 @@ use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 pub use store::RedisStore;
+use store::TOKEN;
 
 use crate::config::SessionConfig;
-use crate::db::{Consistency, ReadContext, WriteMark};
+use crate::db::{Consistency, Lsn, ReadContext, WriteMark};
 
 const KEY: &str = "rwsplit";
 /// Bounds the record: a session served by more instances than this keeps the most recent.
@@ -42,6 +43,8 @@ pub struct Visit {
     session: Session,
     /// `None` when Redis could not be reached: the page goes on without a session.
     pub data: Option<SessionData>,
+    /// The causal token as loaded: the store keeps it apart from `data`, forward only.
+    token: Option<Lsn>,
 }
 
 impl Visit {
@@ -53,6 +56,7 @@ impl Visit {
             return Self {
                 session,
                 data: None,
+                token: None,
             };
         }
         let data = match session.get::<SessionData>(KEY).await {
@@ -65,7 +69,17 @@ impl Visit {
                 None
             }
         };
-        Self { session, data }
+        // The record is loaded by now: reading another entry costs no round trip. A token
+        // that does not parse is dropped: the session then knows less, never something wrong.
+        let token = match data {
+            Some(_) => session.get::<Lsn>(TOKEN).await.ok().flatten(),
+            None => None,
+        };
+        Self {
+            session,
+            data,
+            token,
+        }
     }
 
     pub fn tag(&self) -> Option<&str> {
@@ -75,13 +89,35 @@ impl Visit {
     /// The routing context for this session's reads in `mode`.
     pub fn read_context(&self, mode: Consistency) -> ReadContext {
         match &self.data {
-            Some(d) => ReadContext::new(mode, d.last_write),
+            Some(d) => {
+                let mut ctx = ReadContext::new(mode, d.last_write);
+                if let Some(token) = self.token {
+                    ctx.observe(token);
+                }
+                ctx
+            }
             None => ReadContext::unknown(mode),
         }
     }
 
-    /// Counts a page view by `instance` and keeps the session's last write.
+    /// Stages the context's token for saving if it moved forward; true if it did.
+    async fn keep_token(&mut self, ctx: &ReadContext) -> bool {
+        if ctx.token <= self.token {
+            return false;
+        }
+        self.token = ctx.token;
+        if let Err(e) = self.session.insert(TOKEN, ctx.token).await {
+            tracing::warn!(error = %e, "session token not updated");
+        }
+        true
+    }
+
+    /// Counts a page view by `instance` and keeps the session's last write and token.
     pub async fn record(&mut self, instance: &str, ctx: &ReadContext, config: &SessionConfig) {
+        if self.data.is_none() {
+            return;
+        }
+        self.keep_token(ctx).await;
         let Some(data) = self.data.as_mut() else {
             return;
         };
@@ -103,8 +139,13 @@ impl Visit {
         }
     }
 
-    /// Keeps the session's last write without counting a visit (the `/test` probes).
-    pub async fn remember_write(&mut self, ctx: &ReadContext) {
+    /// Keeps the session's last write and token without counting a visit (the `/test`
+    /// probes and reads).
+    pub async fn remember(&mut self, ctx: &ReadContext) {
+        if self.data.is_none() {
+            return;
+        }
+        self.keep_token(ctx).await;
         let Some(data) = self.data.as_mut() else {
             return;
         };

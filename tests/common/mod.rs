@@ -56,6 +56,10 @@ impl Stack {
         )
     }
 
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.base + 79)
+    }
+
     /// A superuser pool on `node`, for checks and for holding a replica back.
     pub async fn admin(&self, node: &str) -> PgPool {
         let url = format!(
@@ -82,9 +86,11 @@ impl Stack {
     pub fn config(&self, replicas: u16) -> Config {
         let primary = self.app_url("primary");
         let urls = self.replica_urls(replicas);
+        let redis = self.redis_url();
         Config::from_source(&[
             ("DATABASE_URL", primary.as_str()),
             ("DATABASE_REPLICA_URLS", urls.as_str()),
+            ("REDIS_URL", redis.as_str()),
             ("INSTANCE_NAME", "test"),
             ("MIGRATE_ON_START", "false"),
         ])
@@ -115,6 +121,28 @@ impl Stack {
     /// Sets every replica's apply delay until the guard drops.
     pub fn delayed(&self, ms: u32) -> Delay<'_> {
         self.run(&["delay", &ms.to_string()]);
+        Delay { stack: self }
+    }
+
+    /// Sets one replica's apply delay (the others keep theirs) until the guard drops, when
+    /// every replica goes back to none.
+    pub fn delayed_one(&self, replica: &str, ms: u32) -> Delay<'_> {
+        let set = format!("ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'");
+        self.run(&[
+            "psql",
+            replica,
+            "-d",
+            "postgres",
+            "-qAt",
+            "-o",
+            "/dev/null",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &set,
+            "-c",
+            "SELECT pg_reload_conf()",
+        ]);
         Delay { stack: self }
     }
 }

@@ -155,16 +155,7 @@ impl Db {
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
-        let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
-        let mut conn = acquire(PRIMARY, &self.primary).await.map_err(on_primary)?;
-        let value = query(&mut conn).await;
-        let value = discard_if_broken(&mut conn, value).map_err(on_primary)?;
-        let lsn = if ctx.track_lsn {
-            let lsn = lsn::current(&mut conn).await;
-            Some(discard_if_broken(&mut conn, lsn).map_err(on_primary)?)
-        } else {
-            None
-        };
+        let (value, lsn) = on_primary(PRIMARY, &self.primary, query, ctx.track_lsn).await?;
         ctx.last_write = Some(WriteMark {
             at_ms: unix_millis(),
             lsn,
@@ -199,17 +190,15 @@ impl Db {
         if reason.is_fallback() {
             self.fallback_reads.fetch_add(1, Ordering::Relaxed);
         }
-        let on_primary = |e| DbError::from_sqlx(PRIMARY, e);
-        let mut conn = acquire(PRIMARY_READS, &self.primary_reads)
-            .await
-            .map_err(on_primary)?;
-        let value = query(&mut conn).await;
-        let value = discard_if_broken(&mut conn, value).map_err(on_primary)?;
-        if ctx.tracks_reads() {
-            // Everything the read saw had committed by the primary's position after it.
+        // Everything a primary read saw had committed by the primary's position after it.
+        let observe = ctx.tracks_reads();
+        if observe {
             crate::observe::causal_query(PRIMARY, "observe");
-            let seen = lsn::current(&mut conn).await;
-            ctx.observe(discard_if_broken(&mut conn, seen).map_err(on_primary)?);
+        }
+        let (value, seen) =
+            on_primary(PRIMARY_READS, &self.primary_reads, &mut query, observe).await?;
+        if let Some(lsn) = seen {
+            ctx.observe(lsn);
         }
         Ok(Routed {
             value,
@@ -431,6 +420,31 @@ fn no_answer(limit: Duration) -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("no answer within {} ms", limit.as_millis()),
+    ))
+}
+
+/// Runs `query` on the primary through `pool`, then, if `with_lsn`, reads the primary's WAL
+/// position on the same connection: after a commit, or after a read, at or past all it saw.
+async fn on_primary<T, F>(
+    pool_name: &str,
+    pool: &PgPool,
+    query: F,
+    with_lsn: bool,
+) -> Result<(T, Option<Lsn>), DbError>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+{
+    let failed = |e| DbError::from_sqlx(PRIMARY, e);
+    let mut conn = acquire(pool_name, pool).await.map_err(failed)?;
+    let value = query(&mut conn).await;
+    let value = discard_if_broken(&mut conn, value).map_err(failed)?;
+    if !with_lsn {
+        return Ok((value, None));
+    }
+    let lsn = lsn::current(&mut conn).await;
+    Ok((
+        value,
+        Some(discard_if_broken(&mut conn, lsn).map_err(failed)?),
     ))
 }
 

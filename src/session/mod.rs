@@ -100,23 +100,20 @@ impl Visit {
         }
     }
 
-    /// Stages the context's token for saving if it moved forward; true if it did.
-    async fn keep_token(&mut self, ctx: &ReadContext) -> bool {
-        if ctx.token <= self.token {
-            return false;
+    /// Stages the context's token for saving if it moved forward (without a session, there
+    /// is nothing to keep it in).
+    async fn keep_token(&mut self, ctx: &ReadContext) {
+        if self.data.is_none() || ctx.token <= self.token {
+            return;
         }
         self.token = ctx.token;
         if let Err(e) = self.session.insert(TOKEN, ctx.token).await {
             tracing::warn!(error = %e, "session token not updated");
         }
-        true
     }
 
     /// Counts a page view by `instance` and keeps the session's last write and token.
     pub async fn record(&mut self, instance: &str, ctx: &ReadContext, config: &SessionConfig) {
-        if self.data.is_none() {
-            return;
-        }
         self.keep_token(ctx).await;
         let Some(data) = self.data.as_mut() else {
             return;
@@ -142,9 +139,6 @@ impl Visit {
     /// Keeps the session's last write and token without counting a visit (the `/test`
     /// probes and reads).
     pub async fn remember(&mut self, ctx: &ReadContext) {
-        if self.data.is_none() {
-            return;
-        }
         self.keep_token(ctx).await;
         let Some(data) = self.data.as_mut() else {
             return;

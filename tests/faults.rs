@@ -32,12 +32,14 @@ async fn with_every_replica_stopped_reads_use_the_primary_and_then_return() {
         },
     )
     .await;
+    common::every_replica_usable(&stack).await;
 }
 
 #[tokio::test]
 async fn with_one_replica_stopped_reads_use_the_other() {
     let stack = common::Stack::get();
     assert!(stack.replicas >= 2, "the test stack runs two replicas");
+    common::every_replica_usable(&stack).await;
     let client = client();
     let _stopped = stack.stopped("replica1");
     let url = format!("{}/test.json?mode=eventual&n=10", stack.url);

@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use rwsplit::config::Config;
 use rwsplit::{server, telemetry};
 
+// A request allocates and frees many small, short-lived objects (headers, session JSON, rows,
+// the page); the profile put glibc's malloc and free among the largest costs (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: rwsplit [serve | migrate | healthcheck]\n\
     Configuration comes from the environment; see README.md or .env.example.\n\
     Terminal tools:";

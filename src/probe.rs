@@ -153,7 +153,6 @@ struct Reader {
     seen: BTreeSet<i64>,
     reads: usize,
     replica_reads: usize,
-    time_travel: usize,
     waits: Vec<u64>,
 }
 
@@ -164,7 +163,6 @@ impl Reader {
             seen: BTreeSet::new(),
             reads: 0,
             replica_reads: 0,
-            time_travel: 0,
             waits: Vec::new(),
         }
     }
@@ -191,7 +189,6 @@ impl Reader {
             let now: BTreeSet<i64> = read.value.into_iter().collect();
             if !self.seen.is_subset(&now) {
                 missed += 1;
-                self.time_travel += 1;
             }
             self.seen.extend(now);
         }
@@ -312,7 +309,7 @@ fn summarize(
         probe_p50_ms: percentile(durations, 50).unwrap_or(0.0),
         reader_reads: reader.reads,
         reader_replica_reads: reader.replica_reads,
-        time_travel: reader.time_travel,
+        time_travel: probes.iter().map(|p| p.time_travel as usize).sum(),
         wait_p50_ms: percentile(&waits, 50),
         wait_max_ms: waits.last().copied(),
     }

@@ -127,22 +127,7 @@ impl Stack {
     /// Sets one replica's apply delay (the others keep theirs) until the guard drops, when
     /// every replica goes back to none.
     pub fn delayed_one(&self, replica: &str, ms: u32) -> Delay<'_> {
-        let set = format!("ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'");
-        self.run(&[
-            "psql",
-            replica,
-            "-d",
-            "postgres",
-            "-qAt",
-            "-o",
-            "/dev/null",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &set,
-            "-c",
-            "SELECT pg_reload_conf()",
-        ]);
+        self.run(&["delay", &ms.to_string(), replica]);
         Delay { stack: self }
     }
 }

@@ -21,18 +21,20 @@ WORKDIR /src
 
 # Dependencies first, in a layer of their own: it is rebuilt only when the manifests change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/router/Cargo.toml crates/router/Cargo.toml
+RUN mkdir -p src crates/router/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && touch src/lib.rs crates/router/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src crates/router/src
 
+COPY crates crates
 COPY src src
 COPY templates templates
 COPY static static
 COPY migrations migrations
 # touch: the dummy main.rs above is newer than nothing, so make cargo rebuild the real crate.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/router/src/lib.rs \
     && cargo build --release --locked \
     && cp target/release/rwsplit /usr/local/bin/rwsplit
 

@@ -1,25 +1,26 @@
 //! rwsplit: a horizontally scaled axum web tier over a replicated PostgreSQL.
 //!
-//! The layout is the architecture: `db` routes reads and writes, `session` keeps sessions in
-//! Redis, `routes` is the HTTP surface, `request_log` is the one table the demo is about.
+//! The routing itself is the `rwsplit-router` crate (`crates/router/`). This crate is the
+//! app around it, layered so each module imports only those listed before it:
+//!
+//! - `config`, `secret`, `telemetry`, `params`, `metrics`: values and plumbing;
+//! - `session`: sessions in Redis; `request_log`: the table `GET /` writes and reads, and
+//!   its group commit; `staleness`: the probe `/test` runs, and its chart;
+//! - `state`: what every handler shares; `web`: the HTTP surface (routes, errors,
+//!   extractors); `server`: start-up and shutdown; `cli`: the commands `main` dispatches.
 
-pub mod chart;
+pub mod cli;
 pub mod config;
-pub mod console;
-pub mod db;
-pub mod error;
-pub mod healthcheck;
-pub mod http;
-pub mod observe;
+pub mod metrics;
 pub mod params;
-pub mod probe;
 pub mod request_log;
-pub mod routes;
 pub mod secret;
 pub mod server;
 pub mod session;
+pub mod staleness;
 pub mod state;
 pub mod telemetry;
+pub mod web;
 
-pub use routes::app;
 pub use state::AppState;
+pub use web::app;

@@ -1,15 +1,14 @@
 //! Start-up, serving and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rwsplit_router::DbError;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::db::{Db, DbError, monitor};
-use crate::request_log::Batcher;
-use crate::session::RedisStore;
 use crate::state::AppState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -17,32 +16,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long start-up waits for the primary before giving up on migrations.
 const MIGRATE_PATIENCE: Duration = Duration::from_secs(30);
 
-pub fn state(config: Config) -> Result<AppState, BoxError> {
-    let db = Arc::new(Db::new(
-        &config.db,
-        config.routing.clone(),
-        &config.instance,
-    )?);
-    let sessions = RedisStore::new(&config.session)?;
-    Ok(AppState {
-        request_log: Batcher::spawn(
-            db.clone(),
-            config.db.log_batch_rows,
-            config.db.acquire_timeout,
-        ),
-        config: Arc::new(config),
-        db,
-        sessions,
-        metrics: crate::observe::install()?,
-        probe_slots: Arc::new(tokio::sync::Semaphore::new(crate::state::PROBE_SLOTS)),
-    })
-}
-
 /// Applies migrations, retrying while the primary is still starting.
 pub async fn migrate(config: &Config) -> Result<(), BoxError> {
     let started = Instant::now();
     loop {
-        match Db::migrate(&config.db.migration_url).await {
+        match apply_migrations(&config.db.migration_url).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e))
                 if DbError::is_unavailable_error(&e) && started.elapsed() < MIGRATE_PATIENCE =>
@@ -55,8 +33,21 @@ pub async fn migrate(config: &Config) -> Result<(), BoxError> {
     }
 }
 
+/// Applies `migrations/` on the primary as the migration role. sqlx holds an advisory lock
+/// while it runs, so instances that start together apply each migration once.
+async fn apply_migrations(
+    url: &crate::secret::SecretUrl,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let options: PgConnectOptions = url.expose().parse()?;
+    let mut conn = PgConnection::connect_with(&options).await?;
+    let result = sqlx::migrate!("./migrations").run(&mut conn).await;
+    // The connection is dropped either way; a failed close changes nothing.
+    let _ = conn.close().await;
+    result
+}
+
 pub async fn serve(config: Config) -> Result<(), BoxError> {
-    let state = state(config)?;
+    let state = AppState::new(config, crate::metrics::install()?)?;
     let config = state.config.clone();
     if config.db.replica_urls.is_empty() {
         tracing::warn!("DATABASE_REPLICA_URLS is empty: every read goes to the primary");
@@ -66,16 +57,13 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
         primary = %config.db.primary_url,
         replicas = ?config.db.replica_urls,
         redis = %config.session.redis_url,
-        mode = %config.routing.consistency,
+        mode = %config.consistency,
         "starting"
     );
     if config.migrate_on_start {
         migrate(&config).await?;
     }
-    let routing = &config.routing;
-    let mut history = monitor::History::new(routing.check_interval, routing.max_lag);
-    monitor::check_all(&state.db, Duration::from_secs(2), &mut history).await;
-    let monitor = monitor::spawn(state.db.clone());
+    let monitor = state.db.spawn_monitor();
 
     let listener = TcpListener::bind(config.bind).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
@@ -87,7 +75,7 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     .with_graceful_shutdown(shutdown_signal())
     .await?;
 
-    monitor.abort();
+    drop(monitor);
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{ExtraInstance, client, text_of};
-use rwsplit::db::{Consistency, ReadContext};
 use rwsplit::request_log::{self, Batcher, NewEntry};
+use rwsplit_router::{Consistency, ReadContext};
 
 /// `(batches, rows)` from an instance's `request_log_batch_rows` histogram.
 async fn batches(url: &str) -> (u64, u64) {
@@ -76,12 +76,12 @@ async fn concurrent_requests_share_batches_and_each_sees_its_own_row() {
 }
 
 #[tokio::test]
-async fn a_batch_limit_of_one_writes_each_request_alone() {
+async fn a_batch_limit_of_one_turns_the_batcher_off_and_each_request_writes_alone() {
     let stack = common::Stack::get();
     let extra = ExtraInstance::start(&stack, &[("REQUEST_LOG_BATCH", "1")]).await;
     let ids = concurrent_gets(&extra.url, 12).await;
     assert_eq!(ids.len(), 12);
-    assert_eq!(batches(&extra.url).await, (12, 12));
+    assert_eq!(batches(&extra.url).await, (0, 0), "no batch ran");
 }
 
 fn entry(request_id: &str) -> NewEntry {
@@ -104,24 +104,18 @@ async fn one_request_id_is_one_row_within_and_across_batches() {
     let (a, b) = (id("a"), id("b"));
     let mut ctx = ReadContext::new(Consistency::Eventual, None);
     let entries = vec![entry(&a), entry(&b), entry(&a)];
-    let first = db
-        .write(&mut ctx, move |c| {
-            Box::pin(async move { request_log::insert_all(c, &entries).await })
-        })
-        .await
-        .unwrap();
+    let mut primary = db.writer(&mut ctx).await.unwrap();
+    let first = request_log::insert_all(&mut primary, &entries).await;
+    let first = primary.finish(first).await.unwrap();
     assert_eq!(first.len(), 3, "one row per entry, in order");
     assert_eq!(first[0].id, first[2].id, "the repeated id shares its row");
     assert_ne!(first[0].id, first[1].id);
     // A retry in a later batch, next to a new request: the retry gets the first row.
     let c = id("c");
     let entries = vec![entry(&c), entry(&b)];
-    let retry = db
-        .write(&mut ctx, move |c| {
-            Box::pin(async move { request_log::insert_all(c, &entries).await })
-        })
-        .await
-        .unwrap();
+    let mut primary = db.writer(&mut ctx).await.unwrap();
+    let retry = request_log::insert_all(&mut primary, &entries).await;
+    let retry = primary.finish(retry).await.unwrap();
     assert_eq!(retry[1].id, first[1].id);
     assert!(retry[0].id > first[1].id);
     let admin = stack.admin("primary").await;

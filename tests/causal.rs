@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{client, get_json};
-use rwsplit::db::{Consistency, Lsn, ReadContext, Reason, monitor};
 use rwsplit::session::RedisStore;
+use rwsplit_router::{Consistency, Lsn, ReadContext, Reason};
 use tower_sessions::SessionStore;
 use tower_sessions::session::{Id, Record};
 
@@ -102,9 +102,7 @@ async fn the_staleness_probe_counts_time_travel_in_eventual_mode_and_none_in_cau
 async fn a_token_ahead_of_every_replica_waits_no_longer_than_the_causal_wait_then_reads_the_primary()
  {
     let stack = common::Stack::get();
-    let db = stack.db(stack.replicas);
-    let mut history = monitor::History::new(db.routing().check_interval, db.routing().max_lag);
-    monitor::check_all(&db, Duration::from_secs(2), &mut history).await;
+    let db = stack.checked_db(stack.replicas).await;
     let admin = stack.admin("primary").await;
     let now: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(&admin)

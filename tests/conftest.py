@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def app_variables():
-    """Every environment variable src/config.rs reads."""
-    source = (ROOT / "src/config.rs").read_text()
+    """Every environment variable src/config/mod.rs reads."""
+    source = (ROOT / "src/config/mod.rs").read_text()
     names = set(re.findall(r'\(\s*"([A-Z][A-Z0-9_]+)"', source))
     assert {"DATABASE_URL", "DATABASE_REPLICA_URLS", "REDIS_URL"} <= names, names
     return names
@@ -20,5 +20,5 @@ def app_variables():
 @pytest.fixture(scope="session")
 def app_routes():
     """Every path the router serves."""
-    source = (ROOT / "src/routes/mod.rs").read_text()
+    source = (ROOT / "src/web/mod.rs").read_text()
     return set(re.findall(r'\.route\(\s*"([^"]+)"', source))

@@ -4,7 +4,7 @@
 
 mod common;
 
-use rwsplit::db::{Consistency, DbError, ReadContext, monitor};
+use rwsplit_router::{Consistency, DbError, ReadContext};
 
 async fn in_recovery(c: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_is_in_recovery()")
@@ -15,9 +15,7 @@ async fn in_recovery(c: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
 #[tokio::test]
 async fn writes_reach_the_primary_and_reads_reach_a_replica() {
     let stack = common::Stack::get();
-    let db = stack.db(stack.replicas);
-    let mut history = monitor::History::new(db.routing().check_interval, db.routing().max_lag);
-    monitor::check_all(&db, std::time::Duration::from_secs(2), &mut history).await;
+    let db = stack.checked_db(stack.replicas).await;
     let mut ctx = ReadContext::new(Consistency::Eventual, None);
 
     let on_standby = db

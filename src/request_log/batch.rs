@@ -17,8 +17,25 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 
-use super::{Entry, NewEntry, SHOWN};
-use crate::db::{Consistency, Db, DbError, Lsn, PRIMARY, ReadContext, Routed, WriteMark};
+use rwsplit_router::{Consistency, Db, DbError, Lsn, PRIMARY, ReadContext, WriteMark};
+
+use super::{Entry, Logged, NewEntry, SHOWN};
+
+/// Why a batched request got no answer from its batch.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LogError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The batch that held this request ended without answering it: a bug, never expected.
+    #[error("the request log batch ended without an answer")]
+    BatchLost,
+}
+
+impl LogError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Db(e) if e.is_unavailable())
+    }
+}
 
 /// Requests that may wait for a batch; beyond this, callers wait for room, within the same
 /// patience as for the batch itself.
@@ -31,14 +48,6 @@ pub struct Batcher {
     /// How long a request may wait for its batch to start: waiting for a batch is waiting
     /// for the primary's connection, so it gets the same bound as a pool acquire.
     patience: Duration,
-}
-
-/// One request's share of a batch.
-#[derive(Debug)]
-pub struct Logged {
-    pub written: Entry,
-    /// The latest rows, read after the write; an error here leaves the write standing.
-    pub read: Result<Routed<Vec<Entry>>, DbError>,
 }
 
 /// A request's share, and what its session is to remember of the batch.
@@ -94,7 +103,7 @@ impl Batcher {
 
     /// Writes `entry` on the primary, then reads the latest rows as `ctx` allows, sharing both
     /// queries with the requests batched alongside. Records the write in `ctx`.
-    pub async fn log(&self, entry: NewEntry, ctx: &mut ReadContext) -> Result<Logged, DbError> {
+    pub async fn log(&self, entry: NewEntry, ctx: &mut ReadContext) -> Result<Logged, LogError> {
         let deadline = Instant::now() + self.patience;
         let busy = || DbError::from_sqlx(PRIMARY, sqlx::Error::PoolTimedOut);
         let (reply, mut answer) = oneshot::channel();
@@ -106,17 +115,17 @@ impl Batcher {
             claimed: claimed.clone(),
         };
         match timeout_at(deadline, self.jobs.send(job)).await {
-            Ok(sent) => sent.map_err(|_| DbError::BatchLost)?,
-            Err(_) => return Err(busy()),
+            Ok(sent) => sent.map_err(|_| LogError::BatchLost)?,
+            Err(_) => return Err(busy().into()),
         }
         let answered = match timeout_at(deadline, &mut answer).await {
             Ok(answered) => answered,
             // Not taken yet: withdraw it, so it is never written.
-            Err(_) if claim(&claimed) => return Err(busy()),
+            Err(_) if claim(&claimed) => return Err(busy().into()),
             // Taken: its batch is at the database, bounded by the database's own timeouts.
             Err(_) => answer.await,
         };
-        let (logged, seen) = answered.map_err(|_| DbError::BatchLost)??;
+        let (logged, seen) = answered.map_err(|_| LogError::BatchLost)??;
         ctx.last_write = seen.write;
         if let Some(token) = seen.token {
             ctx.observe(token);
@@ -142,13 +151,13 @@ async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
         if jobs.is_empty() {
             continue;
         }
-        crate::observe::batch(jobs.len());
+        crate::metrics::batch(jobs.len());
         if let Err(unreachable) = run(&db, jobs).await {
             // The requests that queued meanwhile wait for the same primary that just failed
             // to answer: tell them now, rather than each waiting out one more attempt.
             while let Ok(job) = queue.try_recv() {
                 if job.claim() {
-                    let _ = job.reply.send(Err(DbError::Shared(unreachable.clone())));
+                    let _ = job.reply.send(Err(unreachable.clone()));
                 }
             }
         }
@@ -163,7 +172,7 @@ fn route_key(ctx: &ReadContext) -> (Consistency, bool, bool) {
 
 /// Runs a batch, one group of like-routed requests at a time. `Err` when the primary could
 /// not be reached.
-async fn run(db: &Db, mut jobs: Vec<Job>) -> Result<(), Arc<DbError>> {
+async fn run(db: &Db, mut jobs: Vec<Job>) -> Result<(), DbError> {
     while let Some(first) = jobs.first() {
         let key = route_key(&first.ctx);
         let (group, rest): (Vec<_>, Vec<_>) =
@@ -173,7 +182,7 @@ async fn run(db: &Db, mut jobs: Vec<Job>) -> Result<(), Arc<DbError>> {
         let (entries, replies) = group.into_iter().map(|j| (j.entry, j.reply)).unzip();
         if let Err(unreachable) = write_and_read(db, ctx, entries, replies).await {
             for job in jobs {
-                let _ = job.reply.send(Err(DbError::Shared(unreachable.clone())));
+                let _ = job.reply.send(Err(unreachable.clone()));
             }
             return Err(unreachable);
         }
@@ -188,8 +197,7 @@ async fn write_and_read(
     mut ctx: ReadContext,
     entries: Vec<NewEntry>,
     replies: Vec<oneshot::Sender<Reply>>,
-) -> Result<(), Arc<DbError>> {
-    let entries: Arc<[NewEntry]> = entries.into();
+) -> Result<(), DbError> {
     let written = match insert(db, &mut ctx, &entries).await {
         // A connection the primary closed while it sat in the pool (a restart) fails at once.
         // The insert is idempotent by request id, so one more try, on a new connection, is
@@ -205,27 +213,25 @@ async fn write_and_read(
         Err(e) if !e.is_unavailable() && entries.len() > 1 => {
             // One row the database refuses must not fail the rows beside it.
             tracing::warn!(error = %e, rows = entries.len(), "batch insert failed; writing its rows one at a time");
-            for (entry, reply) in entries.iter().cloned().zip(replies) {
+            for (entry, reply) in entries.into_iter().zip(replies) {
                 Box::pin(write_and_read(db, ctx, vec![entry], vec![reply])).await?;
             }
             return Ok(());
         }
         Err(e) => {
-            let e = Arc::new(e);
             for reply in replies {
-                let _ = reply.send(Err(DbError::Shared(e.clone())));
+                let _ = reply.send(Err(e.clone()));
             }
             return if e.is_unavailable() { Err(e) } else { Ok(()) };
         }
     };
     let read = db
         .read(&mut ctx, |c| Box::pin(super::latest(c, SHOWN)))
-        .await
-        .map_err(Arc::new);
+        .await;
     for (reply, written) in replies.into_iter().zip(written) {
         let logged = Logged {
             written,
-            read: read.clone().map_err(DbError::Shared),
+            read: read.clone(),
         };
         let _ = reply.send(Ok((logged, Seen::from(&ctx))));
     }
@@ -235,11 +241,9 @@ async fn write_and_read(
 async fn insert(
     db: &Db,
     ctx: &mut ReadContext,
-    entries: &Arc<[NewEntry]>,
+    entries: &[NewEntry],
 ) -> Result<Vec<Entry>, DbError> {
-    let entries = entries.clone();
-    db.write(ctx, move |c| {
-        Box::pin(async move { super::insert_all(c, &entries).await })
-    })
-    .await
+    let mut primary = db.writer(ctx).await?;
+    let rows = super::insert_all(&mut primary, entries).await;
+    primary.finish(rows).await
 }

@@ -2,10 +2,11 @@
 
 mod batch;
 
-pub use batch::{Batcher, Logged};
+pub use batch::{Batcher, LogError};
 
 use std::collections::HashMap;
 
+use rwsplit_router::{DbError, Routed};
 use serde::Serialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -21,6 +22,21 @@ const MAX_REQUEST_ID: usize = 64;
 
 /// Rows a page shows: the latest this many.
 pub const SHOWN: i64 = 25;
+
+/// The columns of an [`Entry`], in its field order: a macro, so queries stay `&'static str`.
+macro_rules! entry_columns {
+    () => {
+        "id, at, method, path, client_addr, user_agent, instance, session_tag"
+    };
+}
+
+/// One request's row, and the latest rows read after it.
+#[derive(Debug)]
+pub struct Logged {
+    pub written: Entry,
+    /// The latest rows, read after the write; an error here leaves the write standing.
+    pub read: Result<Routed<Vec<Entry>>, DbError>,
+}
 
 /// A row about to be written.
 #[derive(Clone, Debug)]
@@ -102,14 +118,15 @@ pub async fn insert_all(
 ) -> Result<Vec<Entry>, sqlx::Error> {
     let column = |field: fn(&NewEntry) -> &str| entries.iter().map(field).collect::<Vec<_>>();
     let request_id = column(|e| &e.request_id);
-    let inserted: Vec<Written> = sqlx::query_as(
+    let inserted: Vec<Written> = sqlx::query_as(concat!(
         "INSERT INTO request_log \
              (method, path, client_addr, user_agent, instance, session_tag, request_id) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                               $6::text[], $7::text[]) \
          ON CONFLICT (request_id) DO NOTHING \
-         RETURNING request_id, id, at, method, path, client_addr, user_agent, instance, session_tag",
-    )
+         RETURNING request_id, ",
+        entry_columns!()
+    ))
     .bind(column(|e| &e.method))
     .bind(column(|e| &e.path))
     .bind(column(|e| &e.client_addr))
@@ -135,11 +152,11 @@ pub async fn insert_all(
         .collect();
     if !retried.is_empty() {
         // A new statement, so a new snapshot: it sees the first attempts' committed rows.
-        let earlier: Vec<Written> = sqlx::query_as(
-            "SELECT request_id, id, at, method, path, client_addr, user_agent, instance, \
-                    session_tag \
-             FROM request_log WHERE request_id = ANY($1)",
-        )
+        let earlier: Vec<Written> = sqlx::query_as(concat!(
+            "SELECT request_id, ",
+            entry_columns!(),
+            " FROM request_log WHERE request_id = ANY($1)"
+        ))
         .bind(retried)
         .fetch_all(&mut *conn)
         .await?;
@@ -153,18 +170,19 @@ pub async fn insert_all(
 }
 
 /// One row: [`insert_all`] with one entry.
-pub async fn insert(conn: &mut PgConnection, entry: NewEntry) -> Result<Entry, sqlx::Error> {
-    insert_all(conn, std::slice::from_ref(&entry))
+pub async fn insert(conn: &mut PgConnection, entry: &NewEntry) -> Result<Entry, sqlx::Error> {
+    insert_all(conn, std::slice::from_ref(entry))
         .await?
         .pop()
         .ok_or(sqlx::Error::RowNotFound)
 }
 
 pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, at, method, path, client_addr, user_agent, instance, session_tag \
-         FROM request_log ORDER BY id DESC LIMIT $1",
-    )
+    sqlx::query_as(concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM request_log ORDER BY id DESC LIMIT $1"
+    ))
     .bind(limit)
     .fetch_all(conn)
     .await

@@ -11,7 +11,7 @@ pub use store::RedisStore;
 use store::TOKEN;
 
 use crate::config::SessionConfig;
-use crate::db::{Consistency, Lsn, ReadContext, WriteMark};
+use rwsplit_router::{Consistency, Lsn, ReadContext, WriteMark};
 
 const KEY: &str = "rwsplit";
 /// Bounds the record: a session served by more instances than this keeps the most recent.

@@ -20,7 +20,7 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 
 use crate::config::SessionConfig;
-use crate::db::Lsn;
+use rwsplit_router::Lsn;
 
 const PREFIX: &str = "rwsplit:session:";
 const TOKEN_PREFIX: &str = "rwsplit:causal:";
@@ -111,7 +111,7 @@ impl RedisStore {
         };
         let ok = result.is_ok();
         if !ok {
-            crate::observe::redis_error();
+            crate::metrics::redis_error();
         }
         if self.healthy.swap(ok, Ordering::Relaxed) != ok {
             match &result {

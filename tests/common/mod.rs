@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rwsplit::config::Config;
-use rwsplit::db::Db;
+use rwsplit_router::Db;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -60,12 +60,17 @@ impl Stack {
         format!("redis://127.0.0.1:{}/", self.base + 79)
     }
 
+    /// The superuser's URL for `database` on `node`.
+    pub fn superuser_url(&self, node: &str, database: &str) -> String {
+        format!(
+            "postgres://postgres:postgres@127.0.0.1:{}/{database}",
+            self.db_port(node)
+        )
+    }
+
     /// A superuser pool on `node`, for checks and for holding a replica back.
     pub async fn admin(&self, node: &str) -> PgPool {
-        let url = format!(
-            "postgres://postgres:postgres@127.0.0.1:{}/rwsplit",
-            self.db_port(node)
-        );
+        let url = self.superuser_url(node, "rwsplit");
         PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
@@ -98,8 +103,14 @@ impl Stack {
     }
 
     pub fn db(&self, replicas: u16) -> Db {
-        let config = self.config(replicas);
-        Db::new(&config.db, config.routing.clone(), &config.instance).expect("pools")
+        Db::new(self.config(replicas).db.router)
+    }
+
+    /// [`Stack::db`] after one check of every replica, as an instance starts.
+    pub async fn checked_db(&self, replicas: u16) -> Db {
+        let db = self.db(replicas);
+        db.check_replicas().await;
+        db
     }
 
     /// Runs `scripts/stack ARGS` against this stack and insists it succeeds.

@@ -8,7 +8,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::db::DbError;
+use rwsplit_router::DbError;
+
+use crate::request_log::LogError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -21,6 +23,8 @@ pub enum AppError {
     TooManyRequests(String),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Log(#[from] LogError),
     #[error("template: {0}")]
     Render(#[from] askama::Error),
 }
@@ -31,8 +35,16 @@ impl AppError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Db(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Db(_) | Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ if self.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Db(_) | Self::Log(_) | Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Db(e) => e.is_unavailable(),
+            Self::Log(e) => e.is_unavailable(),
+            _ => false,
         }
     }
 
@@ -41,10 +53,10 @@ impl AppError {
         match self {
             Self::BadRequest(msg) | Self::TooManyRequests(msg) => msg.clone(),
             Self::NotFound => "There is nothing at this address.".into(),
-            Self::Db(e) if e.is_unavailable() => {
+            _ if self.is_unavailable() => {
                 "The database is unavailable right now. Please retry in a few seconds.".into()
             }
-            Self::Db(_) | Self::Render(_) => {
+            Self::Db(_) | Self::Log(_) | Self::Render(_) => {
                 "Something went wrong on our side. It has been logged.".into()
             }
         }

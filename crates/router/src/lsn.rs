@@ -9,7 +9,10 @@ use sqlx::PgConnection;
 /// A WAL position (`pg_lsn`), ordered, so "has this replica replayed my write" is a comparison.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
-pub struct Lsn(pub u64);
+pub struct Lsn(
+    /// The position as one number: `hi/lo` in PostgreSQL's text form is `hi << 32 | lo`.
+    pub u64,
+);
 
 impl Lsn {
     /// Bytes between two positions, zero when `self` is not behind.
@@ -18,6 +21,7 @@ impl Lsn {
     }
 }
 
+/// Parses PostgreSQL's text form, `16/B374D848`.
 impl FromStr for Lsn {
     type Err = String;
 
@@ -48,6 +52,16 @@ impl TryFrom<String> for Lsn {
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
+}
+
+/// How far a replica has replayed; `None` on a node that is not in recovery.
+pub(crate) async fn replayed(conn: &mut PgConnection) -> Result<Option<Lsn>, sqlx::Error> {
+    let text: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+        .fetch_one(conn)
+        .await?;
+    text.map(|t| t.parse())
+        .transpose()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))
 }
 
 /// The primary's current WAL position: after a commit, at or past that commit's record.

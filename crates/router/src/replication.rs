@@ -2,24 +2,32 @@
 
 use serde::Serialize;
 
-use super::{Db, DbError, PRIMARY};
+use crate::db::{Db, PRIMARY, PRIMARY_READS, run_on};
+use crate::error::DbError;
 
 /// One WAL sender on the primary. Lag columns are NULL while the primary is idle: there is
 /// nothing in flight to time.
 #[derive(Clone, Debug, Serialize, sqlx::FromRow)]
 pub struct WalSender {
+    /// The replica's `application_name` (its `primary_conninfo`'s, or its cluster name).
     pub application_name: String,
+    /// `streaming`, `catchup`...
     pub state: Option<String>,
+    /// Time for WAL to reach the replica.
     pub write_lag_ms: Option<f64>,
+    /// Time for WAL to reach the replica's disk.
     pub flush_lag_ms: Option<f64>,
+    /// Time for WAL to be applied, visible to the replica's queries.
     pub replay_lag_ms: Option<f64>,
+    /// How far its replay trails the primary, in bytes.
     pub bytes_behind: Option<i64>,
 }
 
 impl Db {
-    /// Reading the lag columns needs `pg_monitor` (granted to the app role by the stack).
+    /// The primary's replication senders (`pg_stat_replication`). Its lag columns need the
+    /// `pg_monitor` role.
     pub async fn wal_senders(&self) -> Result<Vec<WalSender>, DbError> {
-        super::run_on(super::PRIMARY_READS, self.primary_reads(), |c| {
+        run_on(PRIMARY_READS, self.primary_reads(), |c| {
             Box::pin(
                 sqlx::query_as(
                     "SELECT application_name, state, \

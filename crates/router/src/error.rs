@@ -2,55 +2,58 @@
 
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error)]
+/// A failed query or an unreachable node. Cheap to clone, so one failure can answer every
+/// caller that shared the query.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum DbError {
     /// The node could not be reached in time: worth a 503 and a retry later.
     #[error("{node} is unavailable: {source}")]
-    Unavailable { node: String, source: sqlx::Error },
+    Unavailable {
+        /// `primary`, `replica1`...
+        node: String,
+        /// What the driver said.
+        source: Arc<sqlx::Error>,
+    },
     /// The node answered with an error: a bug or a constraint, never retried elsewhere.
     #[error("query on {node} failed: {source}")]
-    Query { node: String, source: sqlx::Error },
+    Query {
+        /// `primary`, `replica1`...
+        node: String,
+        /// What the driver said.
+        source: Arc<sqlx::Error>,
+    },
+    /// [`Db::read_from`](crate::Db::read_from) was given a name no node has.
     #[error("there is no database node called {0:?}")]
     UnknownNode(String),
-    #[error("bad database URL {url}: {source}")]
-    Config { url: String, source: sqlx::Error },
-    /// One failure of a query that several requests shared (a request log batch).
-    #[error(transparent)]
-    Shared(Arc<DbError>),
-    /// The batch that held this request ended without answering it: a bug, never expected.
-    #[error("the request log batch ended without an answer")]
-    BatchLost,
 }
 
 impl DbError {
+    /// Sorts a driver error from `node`.
     pub fn from_sqlx(node: &str, source: sqlx::Error) -> Self {
         let node = node.to_owned();
         if Self::is_unavailable_error(&source) {
-            Self::Unavailable { node, source }
+            Self::Unavailable {
+                node,
+                source: Arc::new(source),
+            }
         } else {
-            Self::Query { node, source }
+            Self::Query {
+                node,
+                source: Arc::new(source),
+            }
         }
     }
 
     /// No connection came free (or could be opened) in time, as opposed to one that failed.
     pub fn is_pool_timeout(&self) -> bool {
-        match self {
-            Self::Unavailable { source, .. } => matches!(source, sqlx::Error::PoolTimedOut),
-            Self::Shared(e) => e.is_pool_timeout(),
-            _ => false,
-        }
+        matches!(self, Self::Unavailable { source, .. } if matches!(**source, sqlx::Error::PoolTimedOut))
     }
 
+    /// The node could not be reached: retrying later may succeed.
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::Unavailable { .. } => true,
-            Self::Shared(e) => e.is_unavailable(),
-            _ => false,
-        }
+        matches!(self, Self::Unavailable { .. })
     }
-}
 
-impl DbError {
     /// Whether `e` means the node could not be reached, as opposed to a failed query.
     pub fn is_unavailable_error(e: &sqlx::Error) -> bool {
         match e {

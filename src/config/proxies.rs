@@ -1,4 +1,4 @@
-//! The client's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
+//! Trusted proxies: whose `X-Forwarded-For` names the client, and what it says.
 
 use std::fmt;
 use std::net::IpAddr;

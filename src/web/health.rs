@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
 
-use crate::db::ReplicaStatus;
 use crate::state::AppState;
+use rwsplit_router::ReplicaStatus;
 
 #[derive(Serialize)]
 pub struct Health {

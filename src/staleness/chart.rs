@@ -2,7 +2,7 @@
 //! where the reader session saw time travel, as geometry the template draws as inline SVG.
 //! Server-rendered: no script, no CDN, fine under a strict CSP.
 
-use crate::probe::{Run, VISIBLE_WITHIN};
+use super::probe::{Run, VISIBLE_WITHIN};
 
 const WIDTH: f64 = 760.0;
 const LEFT: f64 = 64.0;

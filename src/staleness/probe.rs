@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use crate::db::{Consistency, Db, DbError, Lsn, ReadContext, Routed};
+use rwsplit_router::{Consistency, Db, DbError, Lsn, ReadContext, Routed};
 
 pub const DEFAULT_PROBES: u32 = 10;
 pub const MAX_PROBES: u32 = 200;
@@ -121,7 +121,7 @@ pub async fn run(
             reason,
         } = db.read(&mut ctx, |c| Box::pin(read_back(c, id))).await?;
         let read_ms = ms(committed.elapsed());
-        crate::observe::probe_read(ctx.mode, !seen.found);
+        crate::metrics::probe_read(ctx.mode, !seen.found);
         durations.push(ms(started.elapsed()));
         committed_at.push(committed);
         ids.push(id);
@@ -199,29 +199,23 @@ impl Reader {
 /// Writes one probe row on the primary; `ctx` records the write with its commit LSN.
 pub async fn write(db: &Db, instance: &str, ctx: &mut ReadContext) -> Result<i64, DbError> {
     ctx.track_lsn = true;
-    let owner = instance.to_owned();
-    db.write(ctx, move |c| {
-        Box::pin(
-            sqlx::query_scalar("INSERT INTO probe (instance) VALUES ($1) RETURNING id")
-                .bind(owner)
-                .fetch_one(c),
-        )
-    })
-    .await
+    let mut primary = db.writer(ctx).await?;
+    let id = sqlx::query_scalar("INSERT INTO probe (instance) VALUES ($1) RETURNING id")
+        .bind(instance)
+        .fetch_one(&mut *primary)
+        .await;
+    primary.finish(id).await
 }
 
 /// Keeps the probe table small whatever the traffic: only the newest rows survive.
 pub async fn prune(db: &Db) -> Result<(), DbError> {
     let mut scratch = ReadContext::new(Consistency::Eventual, None);
-    db.write(&mut scratch, |c| {
-        Box::pin(
-            sqlx::query("DELETE FROM probe WHERE id < (SELECT max(id) FROM probe) - $1")
-                .bind(KEEP_ROWS)
-                .execute(c),
-        )
-    })
-    .await
-    .map(drop)
+    let mut primary = db.writer(&mut scratch).await?;
+    let pruned = sqlx::query("DELETE FROM probe WHERE id < (SELECT max(id) FROM probe) - $1")
+        .bind(KEEP_ROWS)
+        .execute(&mut *primary)
+        .await;
+    primary.finish(pruned).await.map(drop)
 }
 
 /// Polls each replica that answered stale for the rows it had not shown yet, and records

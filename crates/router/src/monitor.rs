@@ -7,21 +7,22 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::replica::{Observation, Replica};
-use super::{Db, Lsn};
+use crate::db::{Db, PRIMARY_READS, is_full, run_on};
+use crate::lsn::Lsn;
+use crate::replica::{Observation, Replica};
 
 /// The primary's WAL positions at recent checks, oldest first. A replica's lag is how long
 /// ago the primary passed the replica's replay position: unlike the age of the replica's last
 /// replayed commit, that does not grow while the primary is idle.
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     samples: VecDeque<(Instant, Lsn)>,
     capacity: usize,
 }
 
 impl History {
     /// Enough samples to span `max_lag` at one per `interval`, so any lag past the limit shows.
-    pub fn new(interval: Duration, max_lag: Duration) -> Self {
+    pub(crate) fn new(interval: Duration, max_lag: Duration) -> Self {
         let needed = max_lag.as_millis() / interval.as_millis().max(1) + 2;
         Self {
             samples: VecDeque::new(),
@@ -48,64 +49,87 @@ impl History {
     }
 }
 
-/// Checks all replicas once, each bounded by `limit`.
-pub async fn check_all(db: &Db, limit: Duration, history: &mut History) {
-    let sampled = Instant::now();
-    let primary_lsn = tokio::time::timeout(limit, primary_lsn(db))
-        .await
-        .ok()
-        .and_then(Result::ok);
-    if let Some(lsn) = primary_lsn {
-        history.push(sampled, lsn);
-    }
-    let history = &*history;
-    let checks = db.replicas().iter().map(|replica| async move {
-        match tokio::time::timeout(limit, observe(replica)).await {
-            Ok(Ok(seen)) => {
-                let behind = primary_lsn
-                    .zip(seen.replay_lsn)
-                    .and_then(|(_, replayed)| history.behind(replayed, Instant::now()));
-                replica.record(seen, behind, db.routing().max_lag);
-            }
-            // Every connection is busy serving reads: the replica answers; keep the last verdict.
-            Ok(Err(sqlx::Error::PoolTimedOut)) if super::is_full(&replica.pool) => {}
-            Ok(Err(e)) => replica.mark_unreachable(&e),
-            Err(_) => {
-                replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))
-            }
-        }
-    });
-    for check in checks {
-        // Few replicas: awaiting in turn keeps this simple; each is already time-bounded.
-        check.await;
+/// The background check, from [`Db::spawn_monitor`]; dropping it stops the checks.
+#[derive(Debug)]
+#[must_use = "dropping the monitor stops it"]
+pub struct Monitor(JoinHandle<()>);
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-/// Runs [`check_all`] every `interval` until the task is aborted.
-pub fn spawn(db: Arc<Db>) -> JoinHandle<()> {
-    let interval = db.routing().check_interval;
-    let limit = interval.clamp(Duration::from_millis(100), Duration::from_secs(2));
-    let mut history = History::new(interval, db.routing().max_lag);
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            check_all(&db, limit, &mut history).await;
+impl Db {
+    /// Checks every replica once now: reachable, in recovery, and how far behind the
+    /// primary. Each check is bounded, so a node that does not answer costs little.
+    pub async fn check_replicas(&self) {
+        let limit = self
+            .routing()
+            .check_interval
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let mut history = self.history.lock().await;
+        let sampled = Instant::now();
+        let primary_lsn = tokio::time::timeout(limit, primary_lsn(self))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if let Some(lsn) = primary_lsn {
+            history.push(sampled, lsn);
         }
-    })
+        let history = &*history;
+        let max_lag = self.routing().max_lag;
+        let checks = self.replicas().iter().map(|replica| async move {
+            match tokio::time::timeout(limit, observe(replica)).await {
+                Ok(Ok(seen)) => {
+                    let behind = primary_lsn
+                        .zip(seen.replay_lsn)
+                        .and_then(|(_, replayed)| history.behind(replayed, Instant::now()));
+                    replica.record(seen, behind, max_lag);
+                }
+                // Every connection is busy serving reads: the replica answers; keep the last
+                // verdict.
+                Ok(Err(sqlx::Error::PoolTimedOut)) if is_full(&replica.pool) => {}
+                Ok(Err(e)) => replica.mark_unreachable(&e),
+                Err(_) => {
+                    replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))
+                }
+            }
+        });
+        for check in checks {
+            // Few replicas: awaiting in turn keeps this simple; each is already time-bounded.
+            check.await;
+        }
+    }
+
+    /// Checks every replica every
+    /// [`RoutingConfig::check_interval`](crate::RoutingConfig::check_interval), from one
+    /// interval from now until the returned [`Monitor`] is dropped. Call
+    /// [`Db::check_replicas`] first to start from a known state.
+    pub fn spawn_monitor(self: &Arc<Self>) -> Monitor {
+        let db = self.clone();
+        let every = db.routing().check_interval;
+        Monitor(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                db.check_replicas().await;
+            }
+        }))
+    }
 }
 
 async fn primary_lsn(db: &Db) -> Result<Lsn, sqlx::Error> {
-    super::run_on(super::PRIMARY_READS, db.primary_reads(), |c| {
-        Box::pin(super::lsn::current(c))
+    run_on(PRIMARY_READS, db.primary_reads(), |c| {
+        Box::pin(crate::lsn::current(c))
     })
     .await
 }
 
 async fn observe(replica: &Replica) -> Result<Observation, sqlx::Error> {
     let (in_recovery, replay, age_ms): (bool, Option<String>, Option<f64>) =
-        super::run_on(&replica.name, &replica.pool, |c| {
+        run_on(&replica.name, &replica.pool, |c| {
             Box::pin(
                 sqlx::query_as(
                     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \

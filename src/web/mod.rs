@@ -1,8 +1,11 @@
-//! The HTTP surface: routes and the middleware every request passes through.
+//! The HTTP surface: the routes, the middleware every request passes through, the one error
+//! type, and the extractors that give handlers their per-request context.
 
+pub mod error;
 mod health;
 mod index;
-mod test;
+mod staleness;
+pub mod visit;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
@@ -14,9 +17,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::error::AppError;
 use crate::session;
 use crate::state::AppState;
+use error::AppError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -30,17 +33,17 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.config.request_timeout;
     Router::new()
         .route("/", get(index::index))
-        .route("/test", get(test::page))
-        .route("/test.json", get(test::json))
-        .route("/test/write.json", get(test::write_json))
-        .route("/test/read.json", get(test::read_json))
+        .route("/test", get(staleness::page))
+        .route("/test.json", get(staleness::json))
+        .route("/test/write.json", get(staleness::write_json))
+        .route("/test/read.json", get(staleness::read_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/static/style.css", get(stylesheet))
         .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound })
         .layer(sessions)
-        .layer(axum::middleware::from_fn(crate::observe::track))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         // Security headers on every response, whoever sits in front of the app.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -87,7 +90,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        crate::observe::render(&state.metrics, &state.db),
+        crate::metrics::render(&state.metrics, &state.db),
     )
 }
 

@@ -1,18 +1,17 @@
-//! `GET /`: log this request on the primary, show the last 25 read through the read route.
+//! `GET /`: log this request on the primary, show the last 25 rows read through the read route.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use askama::Template;
 use askama_web::WebTemplate;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, Uri, header};
-use tower_sessions::Session;
+use rwsplit_router::Consistency;
 
-use crate::db::Consistency;
-use crate::error::AppError;
+use super::error::AppError;
+use super::visit::Client;
 use crate::params::whole_number;
-use crate::request_log::{Entry, Logged, NewEntry};
+use crate::request_log::{self, Entry, Logged, NewEntry, SHOWN};
 use crate::session::{SessionData, Visit};
 use crate::state::AppState;
 
@@ -42,12 +41,12 @@ const MAX_REFRESH_SECS: u32 = 60;
 
 pub async fn index(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-    session: Session,
+    mut visit: Visit,
 ) -> Result<IndexPage, AppError> {
     let refresh = whole_number(
         params.get("refresh").map(String::as_str),
@@ -56,29 +55,39 @@ pub async fn index(
     )
     .map_err(AppError::BadRequest)?;
     let config = &state.config;
-    let mut visit = Visit::open(session, &state.sessions).await;
-    let from_proxy = config.trusted_proxies.trusts(peer.ip());
     let entry = NewEntry {
         method: method.to_string(),
         path: uri
             .path_and_query()
             .map_or_else(|| uri.path().to_owned(), ToString::to_string),
-        client_addr: config
-            .trusted_proxies
-            .client_addr(peer.ip(), &headers)
-            .to_string(),
+        client_addr: client.addr.to_string(),
         user_agent: headers
             .get(header::USER_AGENT)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
         instance: config.instance.clone(),
         session_tag: visit.tag().map(str::to_owned),
-        request_id: idempotency_key(&headers, from_proxy),
+        request_id: client.idempotency_key(&headers),
     }
     .truncated();
 
-    let mut ctx = visit.read_context(config.routing.consistency);
-    let Logged { written, read } = state.request_log.log(entry, &mut ctx).await?;
+    // The session's consistency state decides where the read may go, and learns the write.
+    let mut ctx = visit.read_context(config.consistency);
+    let Logged { written, read } = match &state.batcher {
+        None => {
+            let mut primary = state.db.writer(&mut ctx).await?;
+            let written = request_log::insert(&mut primary, &entry).await;
+            let written = primary.finish(written).await?;
+            let read = state
+                .db
+                .read(&mut ctx, |c| Box::pin(request_log::latest(c, SHOWN)))
+                .await;
+            Logged { written, read }
+        }
+        // Group commit: the same insert and read, each shared by the requests that arrive
+        // while the previous batch is at the database (REQUEST_LOG_BATCH=1 turns it off).
+        Some(batcher) => batcher.log(entry, &mut ctx).await?,
+    };
     // The row is committed: from here on, a node that cannot serve the read in time costs the
     // table, not the request. A 503 now would report a failure for a request that was logged.
     let read = match read {
@@ -106,15 +115,4 @@ pub async fn index(
         replicas_configured: state.db.has_replicas(),
         refresh,
     })
-}
-
-/// nginx's `X-Request-Id` is the same on every retry of one client request, so it makes the
-/// insert idempotent. Anyone else's is not trusted: a made-up id could collide on purpose.
-fn idempotency_key(headers: &HeaderMap, from_proxy: bool) -> String {
-    headers
-        .get("x-request-id")
-        .filter(|_| from_proxy)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }

@@ -6,22 +6,30 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::Lsn;
+use crate::db::millis;
+use crate::lsn::Lsn;
+use crate::route::ReplicaView;
 
+/// One replica's pool and last known state.
 #[derive(Debug)]
-pub struct Replica {
-    pub name: String,
-    pub pool: PgPool,
+pub(crate) struct Replica {
+    pub(crate) name: String,
+    pub(crate) pool: PgPool,
     state: Mutex<ReplicaState>,
 }
 
 /// The last check of a replica, as `/readyz` and `/test` show it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplicaState {
+    /// Whether reads may go to it.
     pub usable: bool,
+    /// Whether the last check or read reached it.
     pub reachable: bool,
+    /// Whether it is a replica at all (`pg_is_in_recovery()`).
     pub in_recovery: bool,
+    /// A position it is known to have replayed.
     pub replay_lsn: Option<Lsn>,
+    /// How far its replay trails the primary's position, in bytes.
     pub bytes_behind: Option<u64>,
     /// How long ago the primary passed the position the replica has replayed to: zero when
     /// it has replayed everything, accurate to one monitor interval.
@@ -36,21 +44,23 @@ pub struct ReplicaState {
 /// A snapshot of a replica for pages and JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct ReplicaStatus {
+    /// `replica1`, `replica2`...
     pub name: String,
+    /// Its last known state.
     #[serde(flatten)]
     pub state: ReplicaState,
 }
 
 /// What one monitor check measured on the replica itself.
 #[derive(Clone, Copy, Debug)]
-pub struct Observation {
-    pub in_recovery: bool,
-    pub replay_lsn: Option<Lsn>,
-    pub last_replay_age: Option<Duration>,
+pub(crate) struct Observation {
+    pub(crate) in_recovery: bool,
+    pub(crate) replay_lsn: Option<Lsn>,
+    pub(crate) last_replay_age: Option<Duration>,
 }
 
 impl Replica {
-    pub fn new(name: String, pool: PgPool) -> Self {
+    pub(crate) fn new(name: String, pool: PgPool) -> Self {
         Self {
             name,
             pool,
@@ -70,22 +80,27 @@ impl Replica {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn is_usable(&self) -> bool {
-        self.state().usable
+    /// What a read routing decision needs to know.
+    pub(crate) fn view(&self) -> ReplicaView {
+        let state = self.state();
+        ReplicaView {
+            usable: state.usable,
+            replayed: state.replay_lsn,
+        }
     }
 
-    pub fn replay_lsn(&self) -> Option<Lsn> {
+    pub(crate) fn replay_lsn(&self) -> Option<Lsn> {
         self.state().replay_lsn
     }
 
     /// A read saw the replica at `lsn`: a fresher lower bound than the last check's, so later
     /// causal reads up to it need no replay query. Never moves the figure back.
-    pub fn note_replayed(&self, lsn: Lsn) {
+    pub(crate) fn note_replayed(&self, lsn: Lsn) {
         let mut state = self.state();
         state.replay_lsn = state.replay_lsn.max(Some(lsn));
     }
 
-    pub fn status(&self) -> ReplicaStatus {
+    pub(crate) fn status(&self) -> ReplicaStatus {
         ReplicaStatus {
             name: self.name.clone(),
             state: self.state().clone(),
@@ -93,7 +108,7 @@ impl Replica {
     }
 
     /// A read or a check could not reach the replica: stop routing to it until a check passes.
-    pub fn mark_unreachable(&self, error: &dyn std::fmt::Display) {
+    pub(crate) fn mark_unreachable(&self, error: &dyn std::fmt::Display) {
         let mut state = self.state();
         if state.usable {
             tracing::warn!(replica = %self.name, %error, "replica unreachable; reads move elsewhere");
@@ -101,13 +116,18 @@ impl Replica {
         state.usable = false;
         state.reachable = false;
         state.problem = Some(format!("unreachable: {error}"));
-        crate::observe::replica(&self.name, &state);
+        crate::metrics::replica(&self.name, &state);
     }
 
     /// Records a successful check. `behind_for` is how long ago the primary passed the
     /// replica's replay position (zero when caught up); `None` (primary down) keeps the
     /// previous lag.
-    pub fn record(&self, seen: Observation, behind: Option<(u64, Duration)>, max_lag: Duration) {
+    pub(crate) fn record(
+        &self,
+        seen: Observation,
+        behind: Option<(u64, Duration)>,
+        max_lag: Duration,
+    ) {
         let mut state = self.state();
         state.reachable = true;
         state.in_recovery = seen.in_recovery;
@@ -139,10 +159,6 @@ impl Replica {
         }
         state.usable = problem.is_none();
         state.problem = problem;
-        crate::observe::replica(&self.name, &state);
+        crate::metrics::replica(&self.name, &state);
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Lsn;
+use crate::lsn::Lsn;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+/// How far a session's reads may trail what it has written and seen.
 pub enum Consistency {
     /// Any usable replica, however far behind this session's writes.
     Eventual,
@@ -21,8 +22,10 @@ pub enum Consistency {
 }
 
 impl Consistency {
+    /// Every mode, weakest first.
     pub const ALL: [Consistency; 3] = [Self::Eventual, Self::Sticky, Self::Causal];
 
+    /// The mode's name: `eventual`, `sticky` or `causal`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Eventual => "eventual",
@@ -62,7 +65,9 @@ pub struct WriteMark {
 /// The routing context of one session: its mode, its last write and its causal token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadContext {
+    /// How this session's reads are routed.
     pub mode: Consistency,
+    /// This session's last write, if it wrote.
     pub last_write: Option<WriteMark>,
     /// The highest WAL position this session has observed: after its writes' commits, and
     /// what each node that answered its reads had reached. Causal reads go only to a replica
@@ -78,6 +83,7 @@ pub struct ReadContext {
 }
 
 impl ReadContext {
+    /// A known session's context: in causal mode, its token starts at its last write.
     pub fn new(mode: Consistency, last_write: Option<WriteMark>) -> Self {
         Self {
             mode,
@@ -88,6 +94,7 @@ impl ReadContext {
         }
     }
 
+    /// The context of a session whose state could not be loaded.
     pub fn unknown(mode: Consistency) -> Self {
         Self {
             known: false,
@@ -107,17 +114,26 @@ impl ReadContext {
 }
 
 /// Why a read went where it went, in words the page shows after the node's name.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Reason {
     /// Eventual mode, or no write of this session to respect.
     AnyReplica,
     /// Causal mode: the replica had replayed everything the session has seen.
-    Replayed { waited_ms: u64 },
+    Replayed {
+        /// How long the read waited for the replica to replay.
+        waited_ms: u64,
+    },
     /// Sticky mode: this session wrote recently.
-    StickyWindow { left_ms: u64 },
+    StickyWindow {
+        /// How long the window has left.
+        left_ms: u64,
+    },
     /// Causal mode: no replica reached the session's token in time.
-    CausalTimeout { waited_ms: u64 },
+    CausalTimeout {
+        /// How long the read waited before giving up on the replicas.
+        waited_ms: u64,
+    },
     /// Sticky or causal, but the session store was unavailable.
     SessionUnavailable,
     /// Every replica is down, lagging or excluded.
@@ -151,6 +167,7 @@ impl Reason {
         }
     }
 
+    /// Whether a replica answered.
     pub fn on_replica(self) -> bool {
         matches!(self, Self::AnyReplica | Self::Replayed { .. })
     }

@@ -6,17 +6,16 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Query, State};
+use rwsplit_router::{Consistency, Lsn, ReplicaStatus, WalSender};
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
-use tower_sessions::Session;
 
-use crate::chart::Chart;
-use crate::db::replication::WalSender;
-use crate::db::{Consistency, ReplicaStatus};
-use crate::error::{AppError, JsonError};
+use super::error::{AppError, JsonError};
 use crate::params::whole_number;
-use crate::probe::{self, DEFAULT_PROBES, MAX_PROBES, Run};
 use crate::session::Visit;
+use crate::staleness::chart::Chart;
+use crate::staleness::parse_modes;
+use crate::staleness::probe::{self, DEFAULT_PROBES, MAX_PROBES, Run};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
@@ -43,11 +42,11 @@ pub struct TestPage {
 
 pub async fn page(
     State(state): State<AppState>,
-    session: Session,
+    visit: Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<TestPage, AppError> {
     let selected = params.get("mode").cloned().unwrap_or_default();
-    let report = measure(&state, session, &params).await?;
+    let report = measure(&state, visit, &params).await?;
     Ok(TestPage {
         chart: Chart::new(&report.runs),
         report,
@@ -63,21 +62,20 @@ pub async fn page(
 
 pub async fn json(
     State(state): State<AppState>,
-    session: Session,
+    visit: Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Report>, JsonError> {
-    Ok(Json(measure(&state, session, &params).await?))
+    Ok(Json(measure(&state, visit, &params).await?))
 }
 
 async fn measure(
     state: &AppState,
-    session: Session,
+    mut visit: Visit,
     params: &HashMap<String, String>,
 ) -> Result<Report, AppError> {
     let n = parse_n(params.get("n"))?;
-    let modes = parse_modes(params.get("mode"), state.config.routing.consistency)?;
+    let modes = modes(params, state.config.consistency)?;
     let _permit = probe_slot(state)?;
-    let mut visit = Visit::open(session, &state.sessions).await;
     let mut runs = Vec::with_capacity(modes.len());
     for mode in modes {
         let ctx = visit.read_context(mode);
@@ -118,32 +116,29 @@ fn parse_n(raw: Option<&String>) -> Result<u32, AppError> {
     .map_err(AppError::BadRequest)
 }
 
-fn parse_modes(raw: Option<&String>, default: Consistency) -> Result<Vec<Consistency>, AppError> {
-    match raw.map(|m| m.trim()) {
-        None | Some("") => Ok(vec![default]),
-        Some("all") => Ok(Consistency::ALL.to_vec()),
-        Some(other) => other.parse().map(|m| vec![m]).map_err(|_| {
-            AppError::BadRequest("mode must be one of eventual, sticky, causal or all".into())
-        }),
-    }
+fn modes(
+    params: &HashMap<String, String>,
+    default: Consistency,
+) -> Result<Vec<Consistency>, AppError> {
+    parse_modes(params.get("mode").map_or("", String::as_str), default)
+        .map_err(AppError::BadRequest)
 }
 
 #[derive(Debug, Serialize)]
 pub struct WriteReport {
     id: i64,
     instance: String,
-    commit_lsn: Option<crate::db::Lsn>,
+    commit_lsn: Option<Lsn>,
 }
 
 /// `GET /test/write.json`: writes one probe row and keeps the write in the session, without
 /// waiting for replicas; `/test/read.json` on any instance then reads it back.
 pub async fn write_json(
     State(state): State<AppState>,
-    session: Session,
+    mut visit: Visit,
 ) -> Result<Json<WriteReport>, JsonError> {
     let _permit = probe_slot(&state)?;
-    let mut visit = Visit::open(session, &state.sessions).await;
-    let mut ctx = visit.read_context(state.config.routing.consistency);
+    let mut ctx = visit.read_context(state.config.consistency);
     probe::prune(&state.db).await?;
     let id = probe::write(&state.db, &state.config.instance, &mut ctx).await?;
     visit.remember(&ctx).await;
@@ -162,7 +157,7 @@ pub struct ReadBackReport {
     reason: String,
     in_recovery: bool,
     /// The session's causal token after this read (causal mode advances it).
-    token: Option<crate::db::Lsn>,
+    token: Option<Lsn>,
 }
 
 /// `GET /test/read.json?id=N&mode=M`: reads probe row N back through the read route with this
@@ -170,7 +165,7 @@ pub struct ReadBackReport {
 /// Reads only, so it needs no probe slot.
 pub async fn read_json(
     State(state): State<AppState>,
-    session: Session,
+    mut visit: Visit,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<ReadBackReport>, JsonError> {
     let id = params
@@ -178,13 +173,12 @@ pub async fn read_json(
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| AppError::BadRequest("id must be a positive whole number".into()))?;
-    let mode = parse_modes(params.get("mode"), state.config.routing.consistency)?;
+    let mode = modes(&params, state.config.consistency)?;
     let [mode] = mode[..] else {
         return Err(
             AppError::BadRequest("mode must be one of eventual, sticky or causal".into()).into(),
         );
     };
-    let mut visit = Visit::open(session, &state.sessions).await;
     let mut ctx = visit.read_context(mode);
     let read = state
         .db
@@ -216,13 +210,5 @@ mod tests {
         }
         assert_eq!(parse_n(None).ok(), Some(DEFAULT_PROBES));
         assert_eq!(parse_n(Some(&"200".to_owned())).ok(), Some(200));
-    }
-
-    #[test]
-    fn modes_parse_including_all() {
-        let all = parse_modes(Some(&"all".to_owned()), Consistency::Eventual).ok();
-        assert_eq!(all, Some(Consistency::ALL.to_vec()));
-        let bogus = parse_modes(Some(&"bogus".to_owned()), Consistency::Eventual).err();
-        assert!(bogus.is_some_and(|e| e.to_string().contains("eventual, sticky, causal")));
     }
 }

@@ -6,12 +6,13 @@ use std::fmt::Write as _;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines, Stdin};
 
+use rwsplit_router::{Consistency, Db, DbError, PRIMARY, ReadContext};
+
 use crate::config::Config;
-use crate::db::monitor::{self, History};
-use crate::db::{Consistency, Db, DbError, PRIMARY, ReadContext};
 use crate::params::whole_number;
-use crate::probe::{self, MAX_PROBES};
 use crate::request_log::{self, NewEntry};
+use crate::staleness::parse_modes;
+use crate::staleness::probe::{self, MAX_PROBES};
 
 const MAX_ROWS: i64 = 100;
 
@@ -42,9 +43,9 @@ pub async fn run(
     args: &[String],
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let console = Console {
-        db: Db::new(&config.db, config.routing.clone(), &config.instance)?,
-        instance: config.instance.clone(),
-        default_mode: config.routing.consistency,
+        db: Db::new(config.db.router),
+        instance: config.instance,
+        default_mode: config.consistency,
     };
     let (command, rest) = args.split_first().ok_or_else(|| UsageError(USAGE.into()))?;
     let text = match command.as_str() {
@@ -88,10 +89,9 @@ impl Console {
         }
         .truncated();
         let mut ctx = ReadContext::new(Consistency::Causal, None);
-        let row = self
-            .db
-            .write(&mut ctx, move |c| Box::pin(request_log::insert(c, entry)))
-            .await?;
+        let mut primary = self.db.writer(&mut ctx).await?;
+        let row = request_log::insert(&mut primary, &entry).await;
+        let row = primary.finish(row).await?;
         let lsn = ctx
             .last_write
             .and_then(|w| w.lsn)
@@ -124,9 +124,7 @@ impl Console {
     }
 
     async fn lag(&self) -> Result<String, DbError> {
-        let routing = self.db.routing();
-        let mut history = History::new(routing.check_interval, routing.max_lag);
-        monitor::check_all(&self.db, std::time::Duration::from_secs(2), &mut history).await;
+        self.db.check_replicas().await;
         let mut out =
             String::from("replica     usable  replayed to    bytes behind  lag      problem\n");
         for r in self.db.replica_statuses() {
@@ -256,7 +254,7 @@ impl Console {
                     let Some(mode) = ask(&mut input, &mut stdout, &prompt).await? else {
                         break;
                     };
-                    match parse_modes(mode.trim(), self.default_mode) {
+                    match parse_modes(&mode, self.default_mode) {
                         Ok(modes) => self.probe(modes, 20).await,
                         Err(e) => Ok(format!("{e}\n")),
                     }
@@ -282,17 +280,6 @@ async fn ask(
     stdout.write_all(prompt.as_bytes()).await?;
     stdout.flush().await?;
     input.next_line().await
-}
-
-fn parse_modes(raw: &str, default: Consistency) -> Result<Vec<Consistency>, UsageError> {
-    match raw {
-        "" => Ok(vec![default]),
-        "all" => Ok(Consistency::ALL.to_vec()),
-        other => other
-            .parse()
-            .map(|m| vec![m])
-            .map_err(|_| UsageError("mode must be one of eventual, sticky, causal or all".into())),
-    }
 }
 
 /// `--flag value` pairs, each allowed at most once.
@@ -338,6 +325,6 @@ impl Flags {
     }
 
     fn modes(&self, default: Consistency) -> Result<Vec<Consistency>, UsageError> {
-        parse_modes(self.get("--mode").unwrap_or(""), default)
+        parse_modes(self.get("--mode").unwrap_or(""), default).map_err(UsageError)
     }
 }

@@ -1,0 +1,459 @@
+//! The router: pools for the primary and every replica, and the calls that name a route.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
+
+use crate::config::{Config, PoolConfig, RoutingConfig};
+use crate::consistency::{ReadContext, Reason};
+use crate::error::DbError;
+use crate::guard::{Reader, Writer};
+use crate::lsn::Lsn;
+use crate::monitor::History;
+use crate::replica::{Replica, ReplicaStatus};
+use crate::route::{self, Misses, ReplicaView, Route};
+
+/// The future a query closure returns, given the connection the router chose.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The primary's name in results, errors and metrics.
+pub const PRIMARY: &str = "primary";
+
+/// The read-only pool on the primary, as metrics name it.
+pub(crate) const PRIMARY_READS: &str = "primary_reads";
+
+/// Pooled connections idle this long are pinged before use; busier ones are trusted.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// A read's result, the node that answered it and why that node.
+#[derive(Clone, Debug)]
+pub struct Routed<T> {
+    /// What the query returned.
+    pub value: T,
+    /// `primary`, `replica1`...
+    pub node: String,
+    /// Why this node answered.
+    pub reason: Reason,
+}
+
+/// Routed access to one primary and its replicas. Share it (`Arc<Db>`) across requests.
+#[derive(Debug)]
+pub struct Db {
+    primary: PgPool,
+    /// The primary again, but every transaction read-only: where reads fall back.
+    primary_reads: PgPool,
+    replicas: Vec<Replica>,
+    next_replica: AtomicUsize,
+    fallback_reads: AtomicU64,
+    pools: PoolConfig,
+    routing: RoutingConfig,
+    /// The primary's recent WAL positions, which replica lag is measured against.
+    pub(crate) history: tokio::sync::Mutex<History>,
+}
+
+impl Db {
+    /// Builds the pools without connecting: the caller starts, and can report, whatever is
+    /// down. Replicas are trusted until the first check ([`Db::check_replicas`]).
+    pub fn new(config: Config) -> Self {
+        let Config {
+            primary,
+            replicas,
+            pools,
+            routing,
+        } = config;
+        let replicas = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(i, options)| {
+                let pool = pool(
+                    options,
+                    pools.replica_size,
+                    pools.replica_acquire_timeout,
+                    true,
+                );
+                Replica::new(format!("replica{}", i + 1), pool)
+            })
+            .collect();
+        Self {
+            primary_reads: pool(
+                primary.clone(),
+                pools.replica_size,
+                pools.acquire_timeout,
+                true,
+            ),
+            primary: pool(primary, pools.primary_size, pools.acquire_timeout, false),
+            replicas,
+            next_replica: AtomicUsize::new(0),
+            fallback_reads: AtomicU64::new(0),
+            history: tokio::sync::Mutex::new(History::new(routing.check_interval, routing.max_lag)),
+            pools,
+            routing,
+        }
+    }
+
+    /// The routing limits this router was built with.
+    pub fn routing(&self) -> &RoutingConfig {
+        &self.routing
+    }
+
+    /// Whether any replica is configured (usable or not).
+    pub fn has_replicas(&self) -> bool {
+        !self.replicas.is_empty()
+    }
+
+    /// A connection to the primary. Run the write on it, then hand its result to
+    /// [`Writer::finish`], which records the write in `ctx` for this session's later reads.
+    pub async fn writer<'a>(&self, ctx: &'a mut ReadContext) -> Result<Writer<'a>, DbError> {
+        let conn = acquire(PRIMARY, &self.primary)
+            .await
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
+        Ok(Writer::new(ctx, conn))
+    }
+
+    /// Runs `query` on the primary and records the write in `ctx`, like [`Db::writer`].
+    pub async fn write<T, F>(&self, ctx: &mut ReadContext, query: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        let mut writer = self.writer(ctx).await?;
+        let result = query(&mut writer).await;
+        writer.finish(result).await
+    }
+
+    /// A connection to the node `ctx`'s consistency mode allows: a usable replica (in causal
+    /// mode, one that has replayed the session's token, waiting up to
+    /// [`RoutingConfig::causal_wait`]), or else the primary's read-only pool. Run the read on
+    /// it, then hand its result to [`Reader::finish`].
+    ///
+    /// The query itself is bounded only by the server's `statement_timeout`: a replica cut off
+    /// mid-query is noticed when the connection fails. [`Db::read`] bounds the query too and
+    /// moves on to the next replica.
+    pub async fn reader<'a>(&'a self, ctx: &'a mut ReadContext) -> Result<Reader<'a>, DbError> {
+        let reason = match self.route(ctx) {
+            Route::Primary(reason) => reason,
+            Route::Replicas { order, must_replay } => {
+                let started = Instant::now();
+                let deadline = started + self.routing.causal_wait;
+                let mut misses = Misses::default();
+                for i in order {
+                    let replica = &self.replicas[i];
+                    let limit = self.pools.replica_read_timeout;
+                    let ready = tokio::time::timeout(limit, ready(replica, must_replay, deadline))
+                        .await
+                        .unwrap_or_else(|_| Err(no_answer(limit)));
+                    match ready {
+                        Ok(Some(conn)) => {
+                            let reason = match must_replay {
+                                Some(_) => Reason::Replayed {
+                                    waited_ms: elapsed_ms(started),
+                                },
+                                None => Reason::AnyReplica,
+                            };
+                            return Ok(Reader::new(self, ctx, conn, Some(replica), reason));
+                        }
+                        Ok(None) => misses.timed_out = true,
+                        // A full pool means this instance is busy, not that the replica is
+                        // down: excluding it would push every read onto the primary at the
+                        // worst moment.
+                        Err(sqlx::Error::PoolTimedOut) if is_full(&replica.pool) => {
+                            misses.busy = true;
+                        }
+                        Err(e) => match DbError::from_sqlx(&replica.name, e) {
+                            DbError::Unavailable { source, .. } => {
+                                replica.mark_unreachable(&source)
+                            }
+                            other => return Err(other),
+                        },
+                    }
+                }
+                misses.reason(elapsed_ms(started))
+            }
+        };
+        let conn = acquire(PRIMARY_READS, &self.primary_reads)
+            .await
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
+        Ok(Reader::new(self, ctx, conn, None, reason))
+    }
+
+    /// Runs `query` where [`Db::reader`] routes it, and says which node answered. A replica
+    /// that fails or takes longer than [`PoolConfig::replica_read_timeout`] is marked
+    /// unreachable and the query runs again on the next choice: `query` may run more than
+    /// once, so it must only read.
+    pub async fn read<T, F>(
+        &self,
+        ctx: &mut ReadContext,
+        mut query: F,
+    ) -> Result<Routed<T>, DbError>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        // Each failure marks its replica unusable, so every round routes around the last;
+        // the rounds end at the primary, whose own failure is the caller's.
+        for _ in 0..=self.replicas.len() {
+            let mut reader = self.reader(ctx).await?;
+            let Some(replica) = reader.replica() else {
+                let result = query(&mut reader).await;
+                return reader.finish(result).await;
+            };
+            let limit = self.pools.replica_read_timeout;
+            let attempt = tokio::time::timeout(limit, async {
+                let result = query(&mut reader).await;
+                reader.finish(result).await
+            })
+            .await;
+            match attempt {
+                Ok(Err(DbError::Unavailable { source, .. })) => replica.mark_unreachable(&source),
+                Err(_) => replica.mark_unreachable(&no_answer(limit)),
+                Ok(done) => return done,
+            }
+        }
+        // Only if checks kept marking failed replicas usable again meanwhile.
+        let mut reader = self.primary_reader(ctx, Reason::NoUsableReplica).await?;
+        let result = query(&mut reader).await;
+        reader.finish(result).await
+    }
+
+    async fn primary_reader<'a>(
+        &'a self,
+        ctx: &'a mut ReadContext,
+        reason: Reason,
+    ) -> Result<Reader<'a>, DbError> {
+        let conn = acquire(PRIMARY_READS, &self.primary_reads)
+            .await
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
+        Ok(Reader::new(self, ctx, conn, None, reason))
+    }
+
+    /// Where a read in `ctx` may go, from the replicas' last known states.
+    fn route(&self, ctx: &ReadContext) -> Route {
+        let views: Vec<ReplicaView> = self.replicas.iter().map(Replica::view).collect();
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        route::route(
+            ctx,
+            &views,
+            start,
+            self.routing.sticky_window,
+            unix_millis(),
+        )
+    }
+
+    /// Runs `query` on the named node, whatever its health: for tools that inspect one node
+    /// (a staleness probe, a console). Read-only like every read.
+    pub async fn read_from<T, F>(&self, node: &str, query: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        let (pool_name, pool) = if node == PRIMARY {
+            (PRIMARY_READS, &self.primary_reads)
+        } else {
+            self.replicas
+                .iter()
+                .find(|r| r.name == node)
+                .map(|r| (r.name.as_str(), &r.pool))
+                .ok_or_else(|| DbError::UnknownNode(node.to_owned()))?
+        };
+        run_on(pool_name, pool, query)
+            .await
+            .map_err(|e| DbError::from_sqlx(node, e))
+    }
+
+    /// The names of every node: `primary`, then `replica1`...
+    pub fn node_names(&self) -> Vec<String> {
+        std::iter::once(PRIMARY.to_owned())
+            .chain(self.replicas.iter().map(|r| r.name.clone()))
+            .collect()
+    }
+
+    /// Every replica's last known state.
+    pub fn replica_statuses(&self) -> Vec<ReplicaStatus> {
+        self.replicas.iter().map(Replica::status).collect()
+    }
+
+    /// Reads that wanted a replica but were served by the primary, since start-up.
+    pub fn fallback_reads(&self) -> u64 {
+        self.fallback_reads.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_fallback(&self) {
+        self.fallback_reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the primary answers a trivial query within the acquire timeout.
+    pub async fn ping_primary(&self) -> Result<(), DbError> {
+        run_on(PRIMARY, &self.primary, |c| {
+            Box::pin(sqlx::query("SELECT 1").execute(c))
+        })
+        .await
+        .map(drop)
+        .map_err(|e| DbError::from_sqlx(PRIMARY, e))
+    }
+
+    /// Sets `db_pool_connections` {pool, state} for every pool: cheap, so call it at scrape
+    /// time and the figures are always current.
+    pub fn record_pool_metrics(&self) {
+        let pools = [
+            (PRIMARY, &self.primary),
+            (PRIMARY_READS, &self.primary_reads),
+        ];
+        let replicas = self.replicas.iter().map(|r| (r.name.as_str(), &r.pool));
+        for (name, pool) in pools.into_iter().chain(replicas) {
+            crate::metrics::pool(name, pool.size(), pool.num_idle());
+        }
+    }
+
+    pub(crate) fn primary_reads(&self) -> &PgPool {
+        &self.primary_reads
+    }
+
+    pub(crate) fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
+    /// Closes every pool, waiting for connections in use to come back.
+    pub async fn close(&self) {
+        self.primary.close().await;
+        self.primary_reads.close().await;
+        for replica in &self.replicas {
+            replica.pool.close().await;
+        }
+    }
+}
+
+fn pool(options: PgConnectOptions, size: u32, acquire: Duration, read_only: bool) -> PgPool {
+    let options = if read_only {
+        options.options([("default_transaction_read_only", "on")])
+    } else {
+        options
+    };
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(acquire)
+        .idle_timeout(Duration::from_secs(60))
+        // sqlx pings on every acquire by default: a round trip per query. Only a connection
+        // that sat idle (through a restart, say) is worth checking.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+        .connect_lazy_with(options)
+}
+
+/// A connection to `replica` once it has replayed `must_replay` (when set); `None` when
+/// `deadline` passes first.
+async fn ready(
+    replica: &Replica,
+    must_replay: Option<Lsn>,
+    deadline: Instant,
+) -> Result<Option<PoolConnection<Postgres>>, sqlx::Error> {
+    let mut conn = acquire(&replica.name, &replica.pool).await?;
+    let Some(lsn) = must_replay else {
+        return Ok(Some(conn));
+    };
+    let replayed = wait_for_replay(replica, &mut conn, lsn, deadline).await;
+    Ok(discard_if_broken(&mut conn, replayed)?.then_some(conn))
+}
+
+/// Every connection the pool may open is open: a timeout then means they were all in use.
+/// (Idle ones are not excluded: one may come back between the timeout and this check.) A
+/// replica that froze with all connections open is caught by the monitor's own timed check.
+pub(crate) fn is_full(pool: &PgPool) -> bool {
+    pool.size() >= pool.options().get_max_connections()
+}
+
+/// Keeps a connection that failed as unreachable out of the pool. A server that shuts down
+/// or restarts answers its idle connections' next query with an error (57P01) and closes
+/// them, and sqlx would pool such a connection again: under load, where connections never
+/// sit idle long enough to be pinged, request after request would fail on it.
+pub(crate) fn discard_if_broken<T>(
+    conn: &mut PoolConnection<Postgres>,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    if let Err(e) = &result
+        && DbError::is_unavailable_error(e)
+    {
+        conn.close_on_drop();
+    }
+    result
+}
+
+/// A node that did not answer in time: it counts as unreachable, like a refused connection.
+fn no_answer(limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no answer within {} ms", limit.as_millis()),
+    ))
+}
+
+/// Runs `query` on a connection from `pool`; a connection it finds broken is not pooled again.
+pub(crate) async fn run_on<T, F>(pool_name: &str, pool: &PgPool, query: F) -> Result<T, sqlx::Error>
+where
+    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+{
+    let mut conn = acquire(pool_name, pool).await?;
+    let result = query(&mut conn).await;
+    discard_if_broken(&mut conn, result)
+}
+
+/// Acquires a connection, counting the callers waiting for one in `db_pool_waiting`.
+async fn acquire(pool_name: &str, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    let _waiting = crate::metrics::Waiting::new(pool_name);
+    pool.acquire().await
+}
+
+/// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.
+async fn wait_for_replay(
+    replica: &Replica,
+    conn: &mut PgConnection,
+    lsn: Lsn,
+    deadline: Instant,
+) -> Result<bool, sqlx::Error> {
+    // The known figure only ever trails the real one, so if it suffices, no query is needed.
+    if replica.replay_lsn().is_some_and(|seen| seen >= lsn) {
+        return Ok(true);
+    }
+    // Poll soon, then back off: a replica that keeps up is seen at once, one that lags costs
+    // few queries.
+    let mut poll = Duration::from_millis(1);
+    const MAX_POLL: Duration = Duration::from_millis(8);
+    loop {
+        crate::metrics::causal_query(&replica.name, "wait");
+        if let Some(seen) = crate::lsn::replayed(&mut *conn).await? {
+            replica.note_replayed(seen);
+            if seen >= lsn {
+                return Ok(true);
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(poll.min(deadline - now)).await;
+        poll = (poll * 2).min(MAX_POLL);
+    }
+}
+
+/// Whole milliseconds, saturating: for reports, where a `u128` is no use.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    millis(since.elapsed())
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub(crate) fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

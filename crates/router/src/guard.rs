@@ -1,0 +1,153 @@
+//! Routed connections for the common case: take one, run queries on it, hand the result to
+//! `finish`, which records what the session must remember.
+
+use std::ops::{Deref, DerefMut};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres};
+
+use crate::consistency::{ReadContext, Reason, WriteMark};
+use crate::db::{Db, PRIMARY, Routed, discard_if_broken, unix_millis};
+use crate::error::DbError;
+use crate::replica::Replica;
+
+/// A connection to the primary, from [`Db::writer`]. Derefs to [`PgConnection`].
+#[derive(Debug)]
+#[must_use = "hand the write's result to `finish`, or the session forgets the write"]
+pub struct Writer<'a> {
+    ctx: &'a mut ReadContext,
+    conn: PoolConnection<Postgres>,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn new(ctx: &'a mut ReadContext, conn: PoolConnection<Postgres>) -> Self {
+        Self { ctx, conn }
+    }
+
+    /// Takes the write's result: on success, records the write in the session's context (and,
+    /// when it tracks positions, the primary's WAL position after the commit, which advances
+    /// its causal token). A connection that failed as unreachable is not pooled again.
+    pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, DbError> {
+        let failed = |e| DbError::from_sqlx(PRIMARY, e);
+        let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
+        let lsn = if self.ctx.track_lsn {
+            let lsn = crate::lsn::current(&mut self.conn).await;
+            Some(discard_if_broken(&mut self.conn, lsn).map_err(failed)?)
+        } else {
+            None
+        };
+        self.ctx.last_write = Some(WriteMark {
+            at_ms: unix_millis(),
+            lsn,
+        });
+        if let Some(lsn) = lsn {
+            self.ctx.observe(lsn);
+        }
+        Ok(value)
+    }
+}
+
+impl Deref for Writer<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// A connection to the node a read was routed to, from [`Db::reader`]. Derefs to
+/// [`PgConnection`]; every transaction on it is read-only.
+#[derive(Debug)]
+#[must_use = "hand the read's result to `finish`, which says where it ran"]
+pub struct Reader<'a> {
+    db: &'a Db,
+    ctx: &'a mut ReadContext,
+    conn: PoolConnection<Postgres>,
+    /// `None` on the primary.
+    replica: Option<&'a Replica>,
+    reason: Reason,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(
+        db: &'a Db,
+        ctx: &'a mut ReadContext,
+        conn: PoolConnection<Postgres>,
+        replica: Option<&'a Replica>,
+        reason: Reason,
+    ) -> Self {
+        Self {
+            db,
+            ctx,
+            conn,
+            replica,
+            reason,
+        }
+    }
+
+    /// `primary`, `replica1`...
+    pub fn node(&self) -> &str {
+        self.replica.map_or(PRIMARY, |r| r.name.as_str())
+    }
+
+    /// Why the read was routed here.
+    pub fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    pub(crate) fn replica(&self) -> Option<&'a Replica> {
+        self.replica
+    }
+
+    /// Takes the read's result and says where it ran. In causal mode it first takes the
+    /// node's WAL position, which covers everything the read saw, into the session's token:
+    /// later reads then never see less.
+    pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
+        let replica = self.replica;
+        let node = replica.map_or(PRIMARY, |r| r.name.as_str());
+        let failed = |e| DbError::from_sqlx(node, e);
+        let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
+        if self.ctx.tracks_reads() {
+            crate::metrics::causal_query(node, "observe");
+            let seen = match replica {
+                Some(_) => crate::lsn::replayed(&mut self.conn).await,
+                None => crate::lsn::current(&mut self.conn).await.map(Some),
+            };
+            if let Some(lsn) = discard_if_broken(&mut self.conn, seen).map_err(failed)? {
+                if let Some(replica) = replica {
+                    replica.note_replayed(lsn);
+                }
+                self.ctx.observe(lsn);
+            }
+        }
+        crate::metrics::read(node, self.ctx.mode, self.reason);
+        if self.reason.is_fallback() {
+            self.db.count_fallback();
+        }
+        Ok(Routed {
+            value,
+            node: node.to_owned(),
+            reason: self.reason,
+        })
+    }
+}
+
+impl Deref for Reader<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Reader<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}

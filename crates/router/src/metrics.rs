@@ -1,0 +1,55 @@
+//! What the router counts, through the `metrics` facade: the application chooses the
+//! exporter. Names are listed in the crate's documentation.
+
+use metrics::{counter, gauge};
+
+use crate::consistency::{Consistency, Reason};
+use crate::replica::ReplicaState;
+
+pub(crate) fn read(node: &str, mode: Consistency, reason: Reason) {
+    counter!("db_reads_total", "node" => node.to_owned(), "mode" => mode.as_str(), "reason" => reason.kind())
+        .increment(1);
+}
+
+/// A query causal mode added to a read: `wait` polls a replica's replay position before the
+/// read, `observe` takes the answering node's position after it (for the session's token).
+pub(crate) fn causal_query(node: &str, kind: &'static str) {
+    counter!("causal_queries_total", "node" => node.to_owned(), "kind" => kind).increment(1);
+}
+
+pub(crate) fn replica(name: &str, state: &ReplicaState) {
+    let name = name.to_owned();
+    gauge!("replica_usable", "replica" => name.clone()).set(f64::from(u8::from(state.usable)));
+    if let Some(bytes) = state.bytes_behind {
+        gauge!("replica_lag_bytes", "replica" => name.clone()).set(bytes as f64);
+    }
+    if let Some(ms) = state.lag_ms {
+        gauge!("replica_lag_seconds", "replica" => name).set(ms as f64 / 1000.0);
+    }
+}
+
+pub(crate) fn pool(name: &str, open: u32, idle: usize) {
+    let name = name.to_owned();
+    gauge!("db_pool_connections", "pool" => name.clone(), "state" => "open").set(f64::from(open));
+    gauge!("db_pool_connections", "pool" => name.clone(), "state" => "idle").set(idle as f64);
+    gauge!("db_pool_connections", "pool" => name, "state" => "in_use")
+        .set(f64::from(open) - idle as f64);
+}
+
+/// Counts one caller waiting for a pooled connection while it lives. A guard, so a caller
+/// cancelled mid-wait (by a request timeout) still counts itself out.
+#[derive(Debug)]
+pub(crate) struct Waiting<'a>(&'a str);
+
+impl<'a> Waiting<'a> {
+    pub(crate) fn new(pool: &'a str) -> Self {
+        gauge!("db_pool_waiting", "pool" => pool.to_owned()).increment(1.0);
+        Self(pool)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        gauge!("db_pool_waiting", "pool" => self.0.to_owned()).decrement(1.0);
+    }
+}

@@ -1,0 +1,407 @@
+//! Typed configuration, read once from the environment at start-up.
+//!
+//! Every value has a default that matches the native stack (`scripts/stack up`), so
+//! `rwsplit serve` with an empty environment talks to it. A bad value names its variable.
+
+mod proxies;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rwsplit_router::{Consistency, PoolConfig, RoutingConfig};
+use sqlx::postgres::PgConnectOptions;
+
+pub use proxies::TrustedProxies;
+
+use crate::secret::SecretUrl;
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration variable {var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// What the router is given: connection options (with this instance's
+    /// `application_name` and the statement timeout), pool bounds and routing limits.
+    pub router: rwsplit_router::Config,
+    /// The same URLs, kept to be logged (redacted).
+    pub primary_url: SecretUrl,
+    pub replica_urls: Vec<SecretUrl>,
+    /// Who runs migrations: a role that may change the schema, unlike the app's own.
+    pub migration_url: SecretUrl,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub redis_url: SecretUrl,
+    pub cookie_secure: bool,
+    pub idle_timeout: Duration,
+    /// Lifetime of a session that has been seen once: clients that never send the cookie
+    /// back (load generators, bots) would otherwise leave one full-length session per request.
+    pub first_visit_ttl: Duration,
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub instance: String,
+    pub db: DbConfig,
+    /// The consistency mode of reads that do not choose one.
+    pub consistency: Consistency,
+    /// Most `GET /` requests one shared insert may write (group commit); 1 turns batching
+    /// off, and each request writes and reads on its own.
+    pub request_log_batch: usize,
+    pub session: SessionConfig,
+    pub trusted_proxies: TrustedProxies,
+    pub request_timeout: Duration,
+    pub migrate_on_start: bool,
+    pub log_format: LogFormat,
+}
+
+/// Where values come from: the process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, var: &str) -> Option<String>;
+}
+
+struct Environment;
+
+impl Source for Environment {
+    fn get(&self, var: &str) -> Option<String> {
+        std::env::var(var).ok()
+    }
+}
+
+impl Source for [(&str, &str)] {
+    fn get(&self, var: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == var)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+impl<const N: usize> Source for [(&str, &str); N] {
+    fn get(&self, var: &str) -> Option<String> {
+        Source::get(self.as_slice(), var)
+    }
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://rwsplit:rwsplit@127.0.0.1:54332/rwsplit";
+pub const DEFAULT_REPLICA_URLS: &str = "postgres://rwsplit:rwsplit@127.0.0.1:54333/rwsplit";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:54379/";
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Environment)
+    }
+
+    pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
+        let r = Reader(src);
+        let instance = r.string("INSTANCE_NAME", &host_name());
+        let primary_url = SecretUrl::new(r.string("DATABASE_URL", DEFAULT_DATABASE_URL));
+        let migration_url =
+            SecretUrl::new(r.string("DATABASE_MIGRATION_URL", primary_url.expose()));
+        // Set but empty means "no replicas"; only an unset variable takes the default.
+        let replica_urls: Vec<SecretUrl> = src
+            .get("DATABASE_REPLICA_URLS")
+            .unwrap_or_else(|| DEFAULT_REPLICA_URLS.to_owned())
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(SecretUrl::new)
+            .collect();
+        let pools = PoolConfig::default();
+        let pools = PoolConfig {
+            primary_size: r.ranged("PRIMARY_POOL_SIZE", pools.primary_size, 1..=500)?,
+            replica_size: r.ranged("REPLICA_POOL_SIZE", pools.replica_size, 1..=500)?,
+            acquire_timeout: r.millis(
+                "DB_ACQUIRE_TIMEOUT_MS",
+                pools.acquire_timeout,
+                10..=60_000,
+            )?,
+            replica_acquire_timeout: r.millis(
+                "REPLICA_ACQUIRE_TIMEOUT_MS",
+                pools.replica_acquire_timeout,
+                10..=60_000,
+            )?,
+            replica_read_timeout: r.millis(
+                "REPLICA_READ_TIMEOUT_MS",
+                pools.replica_read_timeout,
+                10..=600_000,
+            )?,
+        };
+        let routing = RoutingConfig::default();
+        let routing = RoutingConfig {
+            sticky_window: r.millis("STICKY_WINDOW_MS", routing.sticky_window, 0..=600_000)?,
+            causal_wait: r.millis("CAUSAL_WAIT_MS", routing.causal_wait, 0..=10_000)?,
+            check_interval: r.millis(
+                "REPLICA_CHECK_INTERVAL_MS",
+                routing.check_interval,
+                50..=60_000,
+            )?,
+            max_lag: r.millis("REPLICA_MAX_LAG_MS", routing.max_lag, 1..=3_600_000)?,
+        };
+        let statement_timeout = r.millis(
+            "DB_STATEMENT_TIMEOUT_MS",
+            Duration::from_millis(5000),
+            10..=600_000,
+        )?;
+        let connect = |var, url: &SecretUrl| {
+            let options = validate_url(var, url)?;
+            let timeout = statement_timeout.as_millis().to_string();
+            Ok::<_, ConfigError>(
+                options
+                    .application_name(&format!("rwsplit {instance}"))
+                    .options([("statement_timeout", timeout.as_str())]),
+            )
+        };
+        let router = rwsplit_router::Config {
+            primary: connect("DATABASE_URL", &primary_url)?,
+            replicas: replica_urls
+                .iter()
+                .map(|url| connect("DATABASE_REPLICA_URLS", url))
+                .collect::<Result<_, _>>()?,
+            pools,
+            routing,
+        };
+        validate_url("DATABASE_MIGRATION_URL", &migration_url)?;
+        let db = DbConfig {
+            router,
+            primary_url,
+            replica_urls,
+            migration_url,
+        };
+        let session = SessionConfig {
+            redis_url: SecretUrl::new(r.string("REDIS_URL", DEFAULT_REDIS_URL)),
+            cookie_secure: r.parsed("COOKIE_SECURE", false)?,
+            idle_timeout: Duration::from_secs(r.ranged(
+                "SESSION_IDLE_SECS",
+                1800,
+                60..=2_592_000,
+            )?),
+            first_visit_ttl: Duration::from_secs(r.ranged(
+                "SESSION_FIRST_VISIT_SECS",
+                300,
+                10..=2_592_000,
+            )?),
+            redis_timeout: r.millis("REDIS_TIMEOUT_MS", Duration::from_millis(250), 10..=10_000)?,
+        };
+        Ok(Self {
+            bind: r.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 3000)))?,
+            instance,
+            db,
+            consistency: r.parsed("READ_CONSISTENCY", Consistency::Causal)?,
+            // Up to a page's worth, so every request of a batch finds its row on its page.
+            request_log_batch: r.ranged(
+                "REQUEST_LOG_BATCH",
+                16,
+                1..=crate::request_log::SHOWN as usize,
+            )?,
+            session,
+            trusted_proxies: r.parsed("TRUSTED_PROXIES", TrustedProxies::loopback())?,
+            request_timeout: r.millis(
+                "REQUEST_TIMEOUT_MS",
+                Duration::from_secs(30),
+                100..=600_000,
+            )?,
+            migrate_on_start: r.parsed("MIGRATE_ON_START", true)?,
+            log_format: match r.string("LOG_FORMAT", "text").as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(ConfigError {
+                        var: "LOG_FORMAT",
+                        reason: format!("{other:?} is neither \"text\" nor \"json\""),
+                    });
+                }
+            },
+        })
+    }
+}
+
+struct Reader<'a, S: Source + ?Sized>(&'a S);
+
+impl<S: Source + ?Sized> Reader<'_, S> {
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.0
+            .get(var)
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parsed<T: FromStr>(&self, var: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.0.get(var).filter(|v| !v.trim().is_empty()) {
+            None => Ok(default),
+            Some(v) => v.trim().parse().map_err(|e| ConfigError {
+                var,
+                reason: format!("{v:?}: {e}"),
+            }),
+        }
+    }
+
+    fn ranged<T>(
+        &self,
+        var: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + std::fmt::Display + Copy,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parsed(var, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                var,
+                reason: format!("{value} is outside {}..={}", range.start(), range.end()),
+            })
+        }
+    }
+
+    fn millis(
+        &self,
+        var: &'static str,
+        default: Duration,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+        self.ranged(var, default, range).map(Duration::from_millis)
+    }
+}
+
+/// A `postgres://` URL the driver accepts; the error shows it without its password.
+fn validate_url(var: &'static str, url: &SecretUrl) -> Result<PgConnectOptions, ConfigError> {
+    let fail = |why: String| ConfigError {
+        var,
+        reason: format!("{url} {why}"),
+    };
+    if !url.expose().starts_with("postgres://") && !url.expose().starts_with("postgresql://") {
+        return Err(fail("is not a postgres:// URL".into()));
+    }
+    url.expose()
+        .parse()
+        .map_err(|e| fail(format!("is not a valid PostgreSQL URL: {e}")))
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "rwsplit".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_native_stack() -> Result<(), ConfigError> {
+        let config = Config::from_source(&[])?;
+        assert_eq!(config.db.primary_url.expose(), DEFAULT_DATABASE_URL);
+        assert_eq!(config.db.replica_urls.len(), 1);
+        assert_eq!(config.db.router.replicas.len(), 1);
+        assert_eq!(config.consistency, Consistency::Causal);
+        assert!(!config.instance.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn empty_replica_list_means_no_replicas() -> Result<(), ConfigError> {
+        for empty in ["", " , "] {
+            let config = Config::from_source(&[("DATABASE_REPLICA_URLS", empty)])?;
+            assert!(config.db.router.replicas.is_empty(), "{empty:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable_without_leaking_secrets() {
+        let cases: [(&str, &str); 5] = [
+            ("PRIMARY_POOL_SIZE", "many"),
+            ("PRIMARY_POOL_SIZE", "0"),
+            ("BIND_ADDR", "localhost"),
+            ("READ_CONSISTENCY", "strong"),
+            ("DATABASE_URL", "mysql://u:secretpw@h/db"),
+        ];
+        for (var, value) in cases {
+            let err = Config::from_source(&[(var, value)]).err();
+            let text = err.map(|e| e.to_string()).unwrap_or_default();
+            assert!(text.contains(var), "{var}={value} gave {text:?}");
+            assert!(!text.contains("secretpw"), "{text}");
+        }
+    }
+
+    /// Records which variables `Config` asks for.
+    #[derive(Default)]
+    struct Recording(std::cell::RefCell<std::collections::BTreeSet<String>>);
+
+    impl Source for Recording {
+        fn get(&self, var: &str) -> Option<String> {
+            self.0.borrow_mut().insert(var.to_owned());
+            None
+        }
+    }
+
+    /// A documented default is the default if setting it changes nothing.
+    fn is_default(var: &str, value: &str) -> bool {
+        let with = Config::from_source(&[(var, value)]).map(|c| format!("{c:?}"));
+        let without = Config::from_source(&[]).map(|c| format!("{c:?}"));
+        with.is_ok() && with.ok() == without.ok()
+    }
+
+    #[test]
+    fn every_variable_is_documented_and_in_env_example_with_its_default() {
+        let docs = include_str!("../../docs/configuration.md");
+        let example = include_str!("../../.env.example");
+        let read = Recording::default();
+        assert!(Config::from_source(&read).is_ok());
+        let read = read.0.into_inner();
+        for var in &read {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{var}` |")));
+            let Some(row) = row else {
+                panic!("{var} is not in docs/configuration.md's table");
+            };
+            let cell = row.split('|').nth(2).unwrap_or_default().trim();
+            if let Some(literal) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')) {
+                assert!(
+                    is_default(var, literal),
+                    "docs give {var} the default {literal:?}"
+                );
+            }
+            let line = example
+                .lines()
+                .find(|l| l.trim_start_matches("# ").starts_with(&format!("{var}=")));
+            let Some(line) = line else {
+                panic!("{var} is not in .env.example");
+            };
+            if let Some(value) = line.strip_prefix(&format!("{var}=")) {
+                assert!(is_default(var, value), ".env.example sets {var}={value:?}");
+            }
+        }
+        for row in docs.lines().filter(|l| l.starts_with("| `")) {
+            let var = row.split('`').nth(1).unwrap_or_default();
+            assert!(
+                read.contains(var),
+                "docs list {var}, which Config does not read"
+            );
+        }
+    }
+}

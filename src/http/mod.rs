@@ -1,3 +1,0 @@
-//! HTTP helpers that are not routes.
-
-pub mod client_ip;

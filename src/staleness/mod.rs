@@ -1,0 +1,36 @@
+//! Staleness, measured: the probe `/test` and `rwsplit probe` run, and the chart `/test`
+//! draws of it.
+
+pub mod chart;
+pub mod probe;
+
+use rwsplit_router::Consistency;
+
+/// A mode name, `all` for every mode, or blank for `default`; the error says what is allowed.
+pub fn parse_modes(raw: &str, default: Consistency) -> Result<Vec<Consistency>, String> {
+    match raw.trim() {
+        "" => Ok(vec![default]),
+        "all" => Ok(Consistency::ALL.to_vec()),
+        other => other
+            .parse()
+            .map(|m| vec![m])
+            .map_err(|_| "mode must be one of eventual, sticky, causal or all".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_including_all_and_blank() {
+        let default = Consistency::Sticky;
+        assert_eq!(parse_modes("all", default), Ok(Consistency::ALL.to_vec()));
+        assert_eq!(parse_modes(" ", default), Ok(vec![default]));
+        assert_eq!(
+            parse_modes("causal", default),
+            Ok(vec![Consistency::Causal])
+        );
+        assert!(parse_modes("bogus", default).is_err_and(|e| e.contains("eventual, sticky")));
+    }
+}

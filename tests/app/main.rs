@@ -1,0 +1,233 @@
+//! The fast tier: the whole app in process (`rwsplit::app` driven with `oneshot`), each test
+//! over a database of its own on the test stack's real primary and streaming replicas, with
+//! the stack's Redis. Tests run in parallel; what needs nginx, several processes or faults
+//! stays in the full-stack tests beside this one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+mod kit;
+
+use common::text_of;
+use kit::TestApp;
+
+async fn rows(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM request_log")
+        .fetch_one(&mut app.admin().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn n_successful_gets_add_exactly_n_rows() {
+    let app = TestApp::new().await;
+    for _ in 0..20 {
+        assert_eq!(app.get("/").await.status, 200);
+    }
+    assert_eq!(rows(&app).await, 20);
+}
+
+#[tokio::test]
+async fn with_batching_off_each_request_writes_then_reads_and_sees_its_own_row() {
+    for batch in ["1", "16"] {
+        let app =
+            TestApp::with(&[("REQUEST_LOG_BATCH", batch), ("READ_CONSISTENCY", "causal")]).await;
+        assert_eq!(app.state.batcher.is_some(), batch != "1");
+        let first = app.get("/").await;
+        let cookie = first.session_cookie();
+        for _ in 0..5 {
+            let page = app.get_with("/", &[("cookie", &cookie)]).await;
+            assert_eq!(page.status, 200, "{}", page.text);
+            assert_eq!(
+                text_of(&page.text, "freshness"),
+                Some("seen"),
+                "batch {batch}"
+            );
+            assert!(
+                text_of(&page.text, "read-node").is_some_and(|n| n.starts_with("replica")),
+                "batch {batch}: {:?}",
+                text_of(&page.text, "read-node")
+            );
+        }
+        assert_eq!(rows(&app).await, 6);
+    }
+}
+
+#[tokio::test]
+async fn a_session_counts_its_visits_across_instances_sharing_redis() {
+    let (web1, web2) = (TestApp::new().await, TestApp::new().await);
+    let cookie = web1.get("/").await.session_cookie();
+    for (i, web) in [&web2, &web1, &web2].into_iter().enumerate() {
+        let page = web.get_with("/", &[("cookie", &cookie)]).await;
+        assert_eq!(
+            text_of(&page.text, "visits"),
+            Some((i + 2).to_string().as_str())
+        );
+    }
+}
+
+#[tokio::test]
+async fn markup_in_the_path_and_user_agent_comes_back_escaped() {
+    let app = TestApp::new().await;
+    let evil = "<script>alert(1)</script>";
+    let page = app
+        .get_with(
+            "/?q=%3Cscript%3Ealert(1)%3C/script%3E",
+            &[("user-agent", evil)],
+        )
+        .await;
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.text.contains("<script>"),
+        "raw markup reached the page"
+    );
+    assert!(
+        page.text
+            .contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+    );
+}
+
+#[tokio::test]
+async fn long_values_are_truncated_not_rejected() {
+    let app = TestApp::new().await;
+    let agent = "a".repeat(3000);
+    let page = app
+        .get_with(
+            &format!("/?pad={}", "b".repeat(4000)),
+            &[("user-agent", &agent)],
+        )
+        .await;
+    assert_eq!(page.status, 200);
+    let (path_len, agent_len): (i32, i32) =
+        sqlx::query_as("SELECT length(path), length(user_agent) FROM request_log")
+            .fetch_one(&mut app.admin().await)
+            .await
+            .unwrap();
+    assert_eq!(path_len as usize, rwsplit::request_log::MAX_PATH);
+    assert_eq!(agent_len as usize, rwsplit::request_log::MAX_USER_AGENT);
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_json_without_secrets() {
+    let app = TestApp::new().await;
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status, 200);
+    assert!(health.text.contains(r#""status":"ok""#), "{}", health.text);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    let ready: serde_json::Value = serde_json::from_str(&ready.text).unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(
+        ready["replicas"].as_array().map(Vec::len),
+        Some(app.stack.replicas.into())
+    );
+    assert!(!ready.to_string().contains("postgres:postgres"), "{ready}");
+}
+
+#[tokio::test]
+async fn unknown_paths_get_a_404_page_and_a_request_id() {
+    let app = TestApp::new().await;
+    let page = app.get("/no/such/page").await;
+    assert_eq!(page.status, 404);
+    assert!(page.headers.contains_key("x-request-id"));
+    assert!(page.text.contains("There is nothing at this address."));
+}
+
+#[tokio::test]
+async fn a_forged_session_cookie_starts_a_new_session() {
+    let app = TestApp::new().await;
+    for forged in [
+        "garbage",
+        "AAAAAAAAAAAAAAAAAAAAAA",
+        "%3Cscript%3E",
+        &"x".repeat(4000),
+    ] {
+        let page = app
+            .get_with("/", &[("cookie", &format!("rwsplit_session={forged}"))])
+            .await;
+        assert_eq!(page.status, 200, "{forged}");
+        let cookie = page.session_cookie();
+        assert!(cookie.starts_with("rwsplit_session="), "{forged}: {cookie}");
+        assert!(!cookie.contains(forged), "{forged}");
+        assert_eq!(text_of(&page.text, "visits"), Some("1"));
+    }
+}
+
+#[tokio::test]
+async fn cookies_and_headers_are_locked_down() {
+    let app = TestApp::new().await;
+    let page = app.get("/").await;
+    let cookie = page.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    // 128 random bits: tower-sessions ids print as 22 base64url characters.
+    let id = page.session_cookie();
+    assert!(
+        id.trim_start_matches("rwsplit_session=").len() >= 22,
+        "{id}"
+    );
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert!(
+        !page.text.contains("<script") && !page.text.contains("style=\""),
+        "the page breaks its CSP"
+    );
+}
+
+#[tokio::test]
+async fn the_page_can_refresh_itself_within_bounds() {
+    let app = TestApp::new().await;
+    let page = app.get("/?refresh=2").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text
+            .contains("<meta http-equiv=\"refresh\" content=\"2\">")
+    );
+    assert!(!app.get("/").await.text.contains("http-equiv=\"refresh\""));
+    for bad in ["0", "61", "soon"] {
+        let page = app.get(&format!("/?refresh={bad}")).await;
+        assert_eq!(page.status, 400, "{bad}");
+        assert!(page.text.contains("from 1 to 60"));
+    }
+}
+
+#[tokio::test]
+async fn the_test_pages_reject_bad_parameters_naming_what_is_allowed() {
+    let app = TestApp::new().await;
+    for (uri, says) in [
+        ("/test.json?n=0", "1 to 200"),
+        ("/test.json?n=many", "1 to 200"),
+        ("/test.json?mode=strong", "eventual, sticky, causal or all"),
+        ("/test/read.json?id=-1", "positive whole number"),
+        (
+            "/test/read.json?id=1&mode=all",
+            "eventual, sticky or causal",
+        ),
+    ] {
+        let res = app.get(uri).await;
+        assert_eq!(res.status, 400, "{uri}");
+        let body: serde_json::Value = serde_json::from_str(&res.text).unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{uri}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_probe_run_in_process_reads_replicas_and_is_never_stale_in_causal_mode() {
+    let app = TestApp::new().await;
+    let res = app.get("/test.json?mode=causal&n=10").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let report: serde_json::Value = serde_json::from_str(&res.text).unwrap();
+    let summary = &report["runs"][0]["summary"];
+    assert_eq!(summary["stale"], 0, "{summary}");
+    assert_eq!(summary["time_travel"], 0, "{summary}");
+}

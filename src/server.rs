@@ -63,6 +63,8 @@ pub async fn serve(config: Config) -> Result<(), BoxError> {
     if config.migrate_on_start {
         migrate(&config).await?;
     }
+    // Start from a known state: a replica that is down gets no reads from the first request.
+    state.db.check_replicas().await;
     let monitor = state.db.spawn_monitor();
 
     let listener = TcpListener::bind(config.bind).await?;

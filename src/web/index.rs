@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, Uri, header};
 use rwsplit_router::Consistency;
 
 use super::error::AppError;
-use super::visit::Client;
+use super::extract::Client;
 use crate::params::whole_number;
 use crate::request_log::{self, Entry, Logged, NewEntry, SHOWN};
 use crate::session::{SessionData, Visit};

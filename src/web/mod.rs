@@ -2,10 +2,10 @@
 //! type, and the extractors that give handlers their per-request context.
 
 pub mod error;
+pub mod extract;
 mod health;
 mod index;
 mod staleness;
-pub mod visit;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};

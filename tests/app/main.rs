@@ -28,7 +28,7 @@ async fn n_successful_gets_add_exactly_n_rows() {
 }
 
 #[tokio::test]
-async fn with_batching_off_each_request_writes_then_reads_and_sees_its_own_row() {
+async fn with_batching_off_or_on_each_request_sees_its_own_row_on_a_replica() {
     for batch in ["1", "16"] {
         let app =
             TestApp::with(&[("REQUEST_LOG_BATCH", batch), ("READ_CONSISTENCY", "causal")]).await;

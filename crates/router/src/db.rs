@@ -174,10 +174,7 @@ impl Db {
                 misses.reason(elapsed_ms(started))
             }
         };
-        let conn = acquire(PRIMARY_READS, &self.primary_reads)
-            .await
-            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
-        Ok(Reader::new(self, ctx, conn, None, reason))
+        self.primary_reader(ctx, reason).await
     }
 
     /// Runs `query` where [`Db::reader`] routes it, and says which node answered. A replica
@@ -218,6 +215,7 @@ impl Db {
         reader.finish(result).await
     }
 
+    /// A connection from the primary's read-only pool, for a read routed there for `reason`.
     async fn primary_reader<'a>(
         &'a self,
         ctx: &'a mut ReadContext,

@@ -93,7 +93,7 @@ impl<'a> Reader<'a> {
 
     /// `primary`, `replica1`...
     pub fn node(&self) -> &str {
-        self.replica.map_or(PRIMARY, |r| r.name.as_str())
+        node_name(self.replica)
     }
 
     /// Why the read was routed here.
@@ -110,7 +110,7 @@ impl<'a> Reader<'a> {
     /// later reads then never see less.
     pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
         let replica = self.replica;
-        let node = replica.map_or(PRIMARY, |r| r.name.as_str());
+        let node = node_name(replica);
         let failed = |e| DbError::from_sqlx(node, e);
         let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
         if self.ctx.tracks_reads() {
@@ -136,6 +136,10 @@ impl<'a> Reader<'a> {
             reason: self.reason,
         })
     }
+}
+
+fn node_name(replica: Option<&Replica>) -> &str {
+    replica.map_or(PRIMARY, |r| r.name.as_str())
 }
 
 impl Deref for Reader<'_> {

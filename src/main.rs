@@ -7,7 +7,6 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    rwsplit::cli::run(std::env::args().skip(1).collect()).await
+fn main() -> ExitCode {
+    rwsplit::cli::run(std::env::args().skip(1).collect())
 }

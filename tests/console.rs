@@ -8,8 +8,18 @@ use std::process::{Command, Output, Stdio};
 use std::io::Write;
 
 fn rwsplit(stack: &common::Stack, args: &[&str], stdin: &str) -> Output {
+    rwsplit_with(stack, args, stdin, &[])
+}
+
+fn rwsplit_with(
+    stack: &common::Stack,
+    args: &[&str],
+    stdin: &str,
+    vars: &[(&str, &str)],
+) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rwsplit"))
         .args(args)
+        .envs(vars.iter().copied())
         .env("DATABASE_URL", stack.app_url("primary"))
         .env("DATABASE_REPLICA_URLS", stack.replica_urls(stack.replicas))
         .env("INSTANCE_NAME", "console-test")
@@ -89,6 +99,21 @@ fn subcommands_serve_scripts() {
     let line = probe.lines().find(|l| l.starts_with("causal")).unwrap();
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields[1..3], ["20", "0"], "20 probes, none stale: {probe}");
+}
+
+#[test]
+fn the_tools_run_on_one_thread_or_on_several_and_refuse_none() {
+    let stack = common::Stack::get();
+    for threads in ["1", "4"] {
+        let out = rwsplit_with(&stack, &["lag"], "", &[("WORKER_THREADS", threads)]);
+        assert!(
+            stdout(&out).lines().any(|l| l.starts_with("replica1")),
+            "WORKER_THREADS={threads}"
+        );
+    }
+    let out = rwsplit_with(&stack, &["lag"], "", &[("WORKER_THREADS", "0")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WORKER_THREADS"));
 }
 
 #[test]

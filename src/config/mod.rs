@@ -67,6 +67,9 @@ pub struct Config {
     pub request_timeout: Duration,
     pub migrate_on_start: bool,
     pub log_format: LogFormat,
+    /// Threads that run requests: 1 is Tokio's single-threaded runtime (the web tier scales
+    /// by instances, one per core); more is its work-stealing runtime with that many workers.
+    pub worker_threads: usize,
 }
 
 /// Where values come from: the process environment in production, a map in tests.
@@ -215,6 +218,7 @@ impl Config {
                 100..=600_000,
             )?,
             migrate_on_start: r.parsed("MIGRATE_ON_START", true)?,
+            worker_threads: r.ranged("WORKER_THREADS", 1, 1..=256)?,
             log_format: match r.string("LOG_FORMAT", "text").as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
@@ -332,9 +336,10 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_variable_without_leaking_secrets() {
-        let cases: [(&str, &str); 5] = [
+        let cases: [(&str, &str); 6] = [
             ("PRIMARY_POOL_SIZE", "many"),
             ("PRIMARY_POOL_SIZE", "0"),
+            ("WORKER_THREADS", "0"),
             ("BIND_ADDR", "localhost"),
             ("READ_CONSISTENCY", "strong"),
             ("DATABASE_URL", "mysql://u:secretpw@h/db"),

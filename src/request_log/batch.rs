@@ -225,9 +225,7 @@ async fn write_and_read(
             return if e.is_unavailable() { Err(e) } else { Ok(()) };
         }
     };
-    let read = db
-        .read(&mut ctx, |c| Box::pin(super::latest(c, SHOWN)))
-        .await;
+    let read = super::latest_shared(db, &mut ctx).await;
     for (reply, written) in replies.into_iter().zip(written) {
         let logged = Logged {
             written,

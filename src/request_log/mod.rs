@@ -5,8 +5,10 @@ mod batch;
 pub use batch::{Batcher, LogError};
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
-use rwsplit_router::{DbError, Routed};
+use rwsplit_router::{Db, DbError, ReadContext, Routed};
 use serde::Serialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -35,7 +37,8 @@ macro_rules! entry_columns {
 pub struct Logged {
     pub written: Entry,
     /// The latest rows, read after the write; an error here leaves the write standing.
-    pub read: Result<Routed<Vec<Entry>>, DbError>,
+    /// Shared: every request of a batch shows the same rows.
+    pub read: Result<Routed<Arc<[Entry]>>, DbError>,
 }
 
 /// A row about to be written.
@@ -80,10 +83,25 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// `HH:MM:SS.mmm`, UTC: what the table shows.
-    pub fn time(&self) -> String {
-        let at = self.at.to_offset(time::UtcOffset::UTC);
-        format!(
+    /// `HH:MM:SS.mmm`, UTC: what the table shows. Digits and colons only, so the page writes it
+    /// unescaped, straight into its buffer.
+    pub fn time(&self) -> impl fmt::Display {
+        Clock(self.at.to_offset(time::UtcOffset::UTC))
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS.mmm UTC`, as safe to write unescaped as [`Entry::time`].
+    pub fn timestamp(&self) -> impl fmt::Display {
+        Stamp(self.at.to_offset(time::UtcOffset::UTC))
+    }
+}
+
+struct Clock(OffsetDateTime);
+
+impl fmt::Display for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.0;
+        write!(
+            f,
             "{:02}:{:02}:{:02}.{:03}",
             at.hour(),
             at.minute(),
@@ -91,14 +109,13 @@ impl Entry {
             at.millisecond()
         )
     }
+}
 
-    /// `YYYY-MM-DD HH:MM:SS.mmm UTC`.
-    pub fn timestamp(&self) -> String {
-        format!(
-            "{} {} UTC",
-            self.at.to_offset(time::UtcOffset::UTC).date(),
-            self.time()
-        )
+struct Stamp(OffsetDateTime);
+
+impl fmt::Display for Stamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} UTC", self.0.date(), Clock(self.0))
     }
 }
 
@@ -186,6 +203,19 @@ pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, s
     .bind(limit)
     .fetch_all(conn)
     .await
+}
+
+/// The latest [`SHOWN`] rows through the read route, once, for every request that shows them.
+pub async fn latest_shared(
+    db: &Db,
+    ctx: &mut ReadContext,
+) -> Result<Routed<Arc<[Entry]>>, DbError> {
+    let read = db.read(ctx, |c| Box::pin(latest(c, SHOWN))).await?;
+    Ok(Routed {
+        value: read.value.into(),
+        node: read.node,
+        reason: read.reason,
+    })
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

@@ -1,6 +1,7 @@
 //! `GET /`: log this request on the primary, show the last 25 rows read through the read route.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -11,7 +12,7 @@ use rwsplit_router::Consistency;
 use super::error::AppError;
 use super::extract::Client;
 use crate::params::whole_number;
-use crate::request_log::{self, Entry, Logged, NewEntry, SHOWN};
+use crate::request_log::{self, Entry, Logged, NewEntry};
 use crate::session::{SessionData, Visit};
 use crate::state::AppState;
 
@@ -29,7 +30,7 @@ pub struct IndexPage {
 }
 
 pub struct ReadView {
-    rows: Vec<Entry>,
+    rows: Arc<[Entry]>,
     node: String,
     reason: String,
     on_replica: bool,
@@ -78,10 +79,7 @@ pub async fn index(
             let mut primary = state.db.writer(&mut ctx).await?;
             let written = request_log::insert(&mut primary, &entry).await;
             let written = primary.finish(written).await?;
-            let read = state
-                .db
-                .read(&mut ctx, |c| Box::pin(request_log::latest(c, SHOWN)))
-                .await;
+            let read = request_log::latest_shared(&state.db, &mut ctx).await;
             Logged { written, read }
         }
         // Group commit: the same insert and read, each shared by the requests that arrive

@@ -130,7 +130,7 @@ async fn an_exhausted_pool_answers_503_fast_with_retry_after() {
         .execute(&mut *lock)
         .await
         .unwrap();
-    let requests = (0..20).map(|_| {
+    let get = || {
         let url = extra.url.clone();
         tokio::spawn(async move {
             let started = Instant::now();
@@ -138,8 +138,12 @@ async fn an_exhausted_pool_answers_503_fast_with_retry_after() {
             let retry_after = res.headers().get("retry-after").cloned();
             (res.status().as_u16(), retry_after, started.elapsed())
         })
-    });
-    let requests: Vec<_> = requests.collect();
+    };
+    // One request first: its batch takes the connection and waits on the lock. Sent together,
+    // a batch could take them all at once (group commit), and none would wait for the pool.
+    let mut requests = vec![get()];
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    requests.extend((1..20).map(|_| get()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     lock.rollback().await.unwrap();
     let mut unavailable = 0;

@@ -211,11 +211,7 @@ pub async fn latest_shared(
     ctx: &mut ReadContext,
 ) -> Result<Routed<Arc<[Entry]>>, DbError> {
     let read = db.read(ctx, |c| Box::pin(latest(c, SHOWN))).await?;
-    Ok(Routed {
-        value: read.value.into(),
-        node: read.node,
-        reason: read.reason,
-    })
+    Ok(read.map(Arc::from))
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

@@ -41,6 +41,17 @@ pub struct Routed<T> {
     pub reason: Reason,
 }
 
+impl<T> Routed<T> {
+    /// The same read with its value converted (shared, say), keeping who answered and why.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
+        Routed {
+            value: f(self.value),
+            node: self.node,
+            reason: self.reason,
+        }
+    }
+}
+
 /// Routed access to one primary and its replicas. Share it (`Arc<Db>`) across requests.
 #[derive(Debug)]
 pub struct Db {

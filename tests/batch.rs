@@ -49,7 +49,22 @@ async fn concurrent_gets(url: &str, n: usize) -> BTreeSet<i64> {
         let (status, page) = request.await.unwrap();
         assert_eq!(status, 200, "{page}");
         assert_eq!(text_of(&page, "freshness"), Some("seen"), "{page}");
-        ids.insert(text_of(&page, "row-id").unwrap().parse().unwrap());
+        let id = text_of(&page, "row-id").unwrap();
+        // The batch's table is rendered once; each page marks its own row, and only that one.
+        let marked: Vec<&str> = page
+            .split(r#"<tr class="mine">"#)
+            .skip(1)
+            .map(|after| {
+                after
+                    .split("</td>")
+                    .next()
+                    .unwrap()
+                    .trim_start()
+                    .trim_start_matches("<td>")
+            })
+            .collect();
+        assert_eq!(marked, [id], "{page}");
+        ids.insert(id.parse().unwrap());
     }
     ids
 }
@@ -158,7 +173,12 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
     for good in [good1, good2] {
         let logged = good.expect("a good row beside a refused one is written");
         let read = logged.read.expect("and read back");
-        assert!(read.value.iter().any(|row| row.id == logged.written.id));
+        assert!(
+            read.value
+                .rows()
+                .iter()
+                .any(|row| row.id == logged.written.id)
+        );
     }
     let err = bad.expect_err("the refused row fails");
     assert!(

@@ -1,8 +1,10 @@
 //! The request log: one row per `GET /`, written on the primary, read back from a replica.
 
 mod batch;
+mod table;
 
 pub use batch::{Batcher, LogError};
+pub use table::{RowHtml, Table};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,8 +39,8 @@ macro_rules! entry_columns {
 pub struct Logged {
     pub written: Entry,
     /// The latest rows, read after the write; an error here leaves the write standing.
-    /// Shared: every request of a batch shows the same rows.
-    pub read: Result<Routed<Arc<[Entry]>>, DbError>,
+    /// Shared: every request of a batch shows the same table.
+    pub read: Result<Routed<Arc<Table>>, DbError>,
 }
 
 /// A row about to be written.
@@ -206,12 +208,9 @@ pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, s
 }
 
 /// The latest [`SHOWN`] rows through the read route, once, for every request that shows them.
-pub async fn latest_shared(
-    db: &Db,
-    ctx: &mut ReadContext,
-) -> Result<Routed<Arc<[Entry]>>, DbError> {
+pub async fn latest_shared(db: &Db, ctx: &mut ReadContext) -> Result<Routed<Arc<Table>>, DbError> {
     let read = db.read(ctx, |c| Box::pin(latest(c, SHOWN))).await?;
-    Ok(read.map(Arc::from))
+    Ok(read.map(|rows| Arc::new(Table::new(rows))))
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

@@ -12,7 +12,7 @@ use rwsplit_router::Consistency;
 use super::error::AppError;
 use super::extract::Client;
 use crate::params::whole_number;
-use crate::request_log::{self, Entry, Logged, NewEntry};
+use crate::request_log::{self, Entry, Logged, NewEntry, RowHtml};
 use crate::session::{SessionData, Visit};
 use crate::state::AppState;
 
@@ -30,7 +30,8 @@ pub struct IndexPage {
 }
 
 pub struct ReadView {
-    rows: Arc<[Entry]>,
+    /// Rendered once per batch (`request_log::Table`); the page marks its own row.
+    rows: Arc<[RowHtml]>,
     node: String,
     reason: String,
     on_replica: bool,
@@ -90,8 +91,8 @@ pub async fn index(
     // table, not the request. A 503 now would report a failure for a request that was logged.
     let read = match read {
         Ok(read) => Some(ReadView {
-            saw_own_write: read.value.iter().any(|row| row.id == written.id),
-            rows: read.value,
+            saw_own_write: read.value.rows().iter().any(|row| row.id == written.id),
+            rows: read.value.html()?,
             on_replica: read.reason.on_replica(),
             reason: read.reason.to_string(),
             node: read.node,

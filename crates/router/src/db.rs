@@ -414,9 +414,13 @@ where
 }
 
 /// Acquires a connection, counting the callers waiting for one in `db_pool_waiting`.
+///
+/// Boxed: sqlx's acquire future holds a whole connection attempt, which makes it large, and
+/// unboxed it would make every future that awaits a read or a write as large, up to the
+/// handler's; such a future is copied each time it moves (into a task, into axum's box).
 async fn acquire(pool_name: &str, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
     let _waiting = crate::metrics::Waiting::new(pool_name);
-    pool.acquire().await
+    Box::pin(pool.acquire()).await
 }
 
 /// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.

@@ -4,7 +4,8 @@ mod batch;
 mod table;
 
 pub use batch::{Batcher, LogError};
-pub use table::{RowHtml, Table};
+pub(crate) use table::RowHtml;
+pub use table::Table;
 
 use std::collections::HashMap;
 use std::fmt;

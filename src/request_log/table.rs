@@ -16,9 +16,9 @@ pub struct Table {
 
 /// One row of the table as HTML: its cells, escaped, and its id to mark the reader's own.
 #[derive(Debug)]
-pub struct RowHtml {
-    pub id: i64,
-    pub cells: String,
+pub(crate) struct RowHtml {
+    pub(crate) id: i64,
+    pub(crate) cells: String,
 }
 
 #[derive(Template)]
@@ -28,7 +28,7 @@ struct Cells<'a> {
 }
 
 impl Table {
-    pub fn new(rows: Vec<Entry>) -> Self {
+    pub(crate) fn new(rows: Vec<Entry>) -> Self {
         Self {
             rows: rows.into(),
             html: OnceLock::new(),
@@ -40,7 +40,7 @@ impl Table {
     }
 
     /// The rows as HTML, rendered by the first request of the batch to ask for them.
-    pub fn html(&self) -> Result<Arc<[RowHtml]>, askama::Error> {
+    pub(crate) fn html(&self) -> Result<Arc<[RowHtml]>, askama::Error> {
         if let Some(html) = self.html.get() {
             return Ok(html.clone());
         }

@@ -86,13 +86,12 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// `HH:MM:SS.mmm`, UTC: what the table shows. Digits and colons only, so the page writes it
-    /// unescaped, straight into its buffer.
+    /// `HH:MM:SS.mmm`, UTC: what the table shows, written into the page without a `String`.
     pub fn time(&self) -> impl fmt::Display {
         Clock(self.at.to_offset(time::UtcOffset::UTC))
     }
 
-    /// `YYYY-MM-DD HH:MM:SS.mmm UTC`, as safe to write unescaped as [`Entry::time`].
+    /// `YYYY-MM-DD HH:MM:SS.mmm UTC`, like [`Entry::time`].
     pub fn timestamp(&self) -> impl fmt::Display {
         Stamp(self.at.to_offset(time::UtcOffset::UTC))
     }

@@ -58,6 +58,9 @@ async fn a_killed_instance_loses_no_request_and_serves_again_when_back() {
     .await;
 }
 
+/// How long one failure keeps nginx from an instance (`fail_timeout`, scripts/stack).
+const NGINX_FAIL_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[tokio::test]
 async fn a_rolling_restart_loses_no_request() {
     let (run, rows) = under_load(&common::Stack::get(), 16, 10, || {
@@ -67,7 +70,10 @@ async fn a_rolling_restart_loses_no_request() {
             let name = format!("web{web}");
             stack.run(&["stop", &name]);
             stack.run(&["start", &name]);
-            std::thread::sleep(Duration::from_millis(500));
+            // As a real rolling restart must: nginx takes an instance back only after its
+            // fail_timeout, however soon it answers; moving on sooner can leave nginx none
+            // to try (502, "no live upstreams").
+            std::thread::sleep(NGINX_FAIL_TIMEOUT + Duration::from_millis(500));
         }
     })
     .await;

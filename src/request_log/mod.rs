@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use rwsplit_router::{Db, DbError, ReadContext, Routed};
 use serde::Serialize;
-use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, Row};
 use time::OffsetDateTime;
 
 /// Longest values stored; longer ones are cut at a character boundary, never rejected.
@@ -29,6 +30,7 @@ const MAX_REQUEST_ID: usize = 64;
 pub const SHOWN: i64 = 25;
 
 /// The columns of an [`Entry`], in its field order: a macro, so queries stay `&'static str`.
+/// [`Entry::from_columns`] reads them by position, in this order.
 macro_rules! entry_columns {
     () => {
         "id, at, method, path, client_addr, user_agent, instance, session_tag"
@@ -72,7 +74,7 @@ impl NewEntry {
     }
 }
 
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Entry {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -86,6 +88,21 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The entry in `row`'s columns from `first` on, in [`entry_columns!`]'s order. By
+    /// position: a lookup by name hashes the name, for every column of every row.
+    fn from_columns(row: &PgRow, first: usize) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get(first)?,
+            at: row.try_get(first + 1)?,
+            method: row.try_get(first + 2)?,
+            path: row.try_get(first + 3)?,
+            client_addr: row.try_get(first + 4)?,
+            user_agent: row.try_get(first + 5)?,
+            instance: row.try_get(first + 6)?,
+            session_tag: row.try_get(first + 7)?,
+        })
+    }
+
     /// `HH:MM:SS.mmm`, UTC: what the table shows, written into the page without a `String`.
     pub fn time(&self) -> impl fmt::Display {
         Clock(self.at.to_offset(time::UtcOffset::UTC))
@@ -121,12 +138,26 @@ impl fmt::Display for Stamp {
     }
 }
 
+impl FromRow<'_, PgRow> for Entry {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Self::from_columns(row, 0)
+    }
+}
+
 /// A row as the insert returns it: with its idempotency key, to match it to its request.
-#[derive(sqlx::FromRow)]
+/// Its columns: `request_id`, then [`entry_columns!`].
 struct Written {
     request_id: String,
-    #[sqlx(flatten)]
     entry: Entry,
+}
+
+impl FromRow<'_, PgRow> for Written {
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            request_id: row.try_get(0)?,
+            entry: Entry::from_columns(row, 1)?,
+        })
+    }
 }
 
 /// Writes the rows in one statement, once per request id, and returns them in `entries`'

@@ -10,6 +10,7 @@ mod kit;
 
 use common::text_of;
 use kit::TestApp;
+use rwsplit::request_log::{self, NewEntry};
 
 async fn rows(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM request_log")
@@ -27,6 +28,49 @@ async fn n_successful_gets_add_exactly_n_rows() {
     assert_eq!(rows(&app).await, 20);
 }
 
+#[tokio::test]
+async fn a_row_comes_back_from_the_database_field_for_field() {
+    // Every field a different value: rows are decoded by column position, so a column out of
+    // place would put one field's value in another.
+    let app = TestApp::new().await;
+    let mut db = app.admin().await;
+    let new = NewEntry {
+        method: "POST".into(),
+        path: "/a/path".into(),
+        client_addr: "192.0.2.7".into(),
+        user_agent: "an agent".into(),
+        instance: "an-instance".into(),
+        session_tag: Some("a-tag".into()),
+        request_id: "a-request-id".into(),
+    };
+    let written = request_log::insert(&mut db, &new).await.unwrap();
+    let read = request_log::latest(&mut db, 1).await.unwrap();
+    assert_eq!(read.len(), 1);
+    for entry in [&written, &read[0]] {
+        assert_eq!(
+            (
+                entry.method.as_str(),
+                entry.path.as_str(),
+                entry.client_addr.as_str(),
+                entry.user_agent.as_str(),
+                entry.instance.as_str(),
+                entry.session_tag.as_deref(),
+            ),
+            (
+                "POST",
+                "/a/path",
+                "192.0.2.7",
+                "an agent",
+                "an-instance",
+                Some("a-tag")
+            )
+        );
+    }
+    assert_eq!((read[0].id, read[0].at), (written.id, written.at));
+    // A retry of the same request gets the row the first attempt wrote.
+    let again = request_log::insert(&mut db, &new).await.unwrap();
+    assert_eq!((again.id, again.path), (written.id, written.path));
+}
 #[tokio::test]
 async fn with_batching_off_or_on_each_request_sees_its_own_row_on_a_replica() {
     for batch in ["1", "16"] {

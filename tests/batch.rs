@@ -115,7 +115,7 @@ fn entry(request_id: &str) -> NewEntry {
 async fn one_request_id_is_one_row_within_and_across_batches() {
     let stack = common::Stack::get();
     let db = stack.db(0);
-    let id = |n| format!("batch-test-{}-{n}", uuid::Uuid::new_v4());
+    let id = |n| format!("batch-test-{}-{n}", uuid::Uuid::now_v7());
     let (a, b) = (id("a"), id("b"));
     let mut ctx = ReadContext::new(Consistency::Eventual, None);
     let entries = vec![entry(&a), entry(&b), entry(&a)];
@@ -152,7 +152,7 @@ fn batcher(stack: &common::Stack) -> Batcher {
 async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
     let stack = common::Stack::get();
     let batcher = batcher(&stack);
-    let id = |n| format!("batch-refused-{}-{n}", uuid::Uuid::new_v4());
+    let id = |n| format!("batch-refused-{}-{n}", uuid::Uuid::now_v7());
     // Untruncated, so the column's CHECK refuses it (the handler always truncates).
     let mut refused = entry(&id("bad"));
     refused.method = "M".repeat(100);

@@ -85,7 +85,7 @@ impl Console {
             user_agent: "rwsplit console".into(),
             instance: self.instance.clone(),
             session_tag: None,
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: uuid::Uuid::now_v7().to_string(),
         }
         .truncated();
         let mut ctx = ReadContext::new(Consistency::Causal, None);

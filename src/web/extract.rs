@@ -55,13 +55,14 @@ impl FromRequestParts<AppState> for Client {
 impl Client {
     /// nginx's `X-Request-Id` is the same on every retry of one client request, so it makes
     /// the insert idempotent. Anyone else's is not trusted: a made-up id could collide on
-    /// purpose.
+    /// purpose. A key made here is time-ordered (UUIDv7), like nginx's: the unique index then
+    /// grows at one end.
     pub fn idempotency_key(&self, headers: &HeaderMap) -> String {
         headers
             .get("x-request-id")
             .filter(|_| self.via_proxy)
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+            .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
     }
 }

@@ -126,7 +126,7 @@ async fn create_database(stack: &Stack) -> String {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let name = format!("rwsplit_t_{now}_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("rwsplit_t_{now}_{}", uuid::Uuid::now_v7().simple());
     let mut admin = PgConnection::connect(&stack.superuser_url("primary", "postgres"))
         .await
         .expect("superuser connection");

@@ -113,7 +113,7 @@ def test_nginx_uses_the_shared_template_and_passes_headers():
     assert SERVICES["nginx"]["environment"]["UPSTREAM_HOST"] == "web"
     assert "envsubst '${UPSTREAM_SERVERS} ${NGINX_PORT}'" in (ROOT / "docker/nginx/entrypoint").read_text()
     template = (ROOT / "nginx/default.conf.template").read_text()
-    for needle in ["X-Forwarded-For $proxy_add_x_forwarded_for", "X-Request-Id $request_id",
+    for needle in ["X-Forwarded-For $proxy_add_x_forwarded_for", 'X-Request-Id "$msec-$request_id"',
                    "proxy_next_upstream error timeout http_502", "${UPSTREAM_SERVERS}"]:
         assert needle in template, needle
 

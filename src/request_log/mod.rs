@@ -103,7 +103,7 @@ impl Entry {
         })
     }
 
-    /// `HH:MM:SS.mmm`, UTC: what the table shows, written into the page without a `String`.
+    /// `HH:MM:SS.mmm`, UTC: what the table shows, written without a `String` of its own.
     pub fn time(&self) -> impl fmt::Display {
         Clock(self.at.to_offset(time::UtcOffset::UTC))
     }

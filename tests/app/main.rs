@@ -67,10 +67,11 @@ async fn a_row_comes_back_from_the_database_field_for_field() {
         );
     }
     assert_eq!((read[0].id, read[0].at), (written.id, written.at));
-    // A retry of the same request gets the row the first attempt wrote.
+    // A retry reads the row its first attempt wrote with a query of its own, decoded the same way.
     let again = request_log::insert(&mut db, &new).await.unwrap();
     assert_eq!((again.id, again.path), (written.id, written.path));
 }
+
 #[tokio::test]
 async fn with_batching_off_or_on_each_request_sees_its_own_row_on_a_replica() {
     for batch in ["1", "16"] {

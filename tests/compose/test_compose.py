@@ -8,7 +8,10 @@ and nginx accepts the config rendered from the one template both topologies use.
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -136,6 +139,68 @@ def test_the_native_nginx_config_passes_nginx_t():
     result = subprocess.run([nginx_binary(), "-t", "-q", "-c", str(conf), "-p", str(stack_dir / "nginx")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_retried_request_carries_the_same_idempotency_key(tmp_path):
+    """The template's nginx in front of two upstreams: the first to get the request closes
+    the connection unanswered, so nginx retries on the other. GET / is exactly-once only if
+    both tries carry the same X-Request-Id (time first, so nginx must not evaluate it again)."""
+    keys, lock = [], threading.Lock()
+    listeners = []
+    for _ in range(2):
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+        listeners.append(listener)
+
+    def upstream(listener):
+        conn, _ = listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            key = re.search(rb"(?im)^x-request-id: *(\S+)", request)
+            with lock:
+                keys.append(key.group(1).decode() if key else None)
+                first = len(keys) == 1
+            if not first:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    threads = [threading.Thread(target=upstream, args=(l,), daemon=True) for l in listeners]
+    for t in threads:
+        t.start()
+    port = free_port()
+    servers = "".join(f"server 127.0.0.1:{l.getsockname()[1]};\n" for l in listeners)
+    site = (ROOT / "nginx/default.conf.template").read_text()
+    site = site.replace("${UPSTREAM_SERVERS}", servers).replace("${NGINX_PORT}", f"127.0.0.1:{port}")
+    (tmp_path / "site.conf").write_text(site)
+    temp = " ".join(f"{kind}_temp_path {tmp_path}/{kind};" for kind in
+                    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+        f"http {{ access_log off; {temp} include {tmp_path}/site.conf; }}\n")
+    nginx = [nginx_binary(), "-q", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)]
+    subprocess.run(nginx, check=True, timeout=10)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert response.status == 200
+        for t in threads:
+            t.join(timeout=10)
+    finally:
+        subprocess.run(nginx + ["-s", "stop"], timeout=10)
+        for listener in listeners:
+            listener.close()
+    assert len(keys) == 2, keys
+    assert keys[0] == keys[1], keys
+    assert re.fullmatch(r"\d{10}\.\d{3}-[0-9a-f]{32}", keys[0]), keys
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))

@@ -122,7 +122,7 @@ def test_nginx_uses_the_shared_template_and_passes_headers():
 
 
 def test_nginx_is_published_on_this_machine_only():
-    assert SERVICES["nginx"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert SERVICES["nginx"]["ports"] == ["127.0.0.1:${RWSPLIT_PORT:-8080}:8080"]
 
 
 def nginx_binary():

@@ -2,8 +2,9 @@
 
 Every image is built here from debian:bookworm-slim (made by scripts/docker-base where no
 registry can be pulled from); web is the Dockerfile's runtime stage with this machine's release
-binary (tests/containers/prebuilt/). The project is `rwsplit-ci`, so nothing of a developer's
-`rwsplit` project is touched, and it is taken down with its volumes however the run ends.
+binary (tests/containers/prebuilt/). The project is `rwsplit-ci` on port 18090, so nothing of a
+developer's `rwsplit` project or stack is touched, and it is taken down with its volumes however
+the run ends.
 Traffic goes only to nginx's published port on 127.0.0.1. The tests run in file order, each
 leaving the stack as it found it: three web instances, replica1 streaming.
 """
@@ -25,7 +26,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = [str(ROOT / "tests/containers/compose")]
 PROJECT = os.environ.get("RWSPLIT_COMPOSE_PROJECT", "rwsplit-ci")
-URL = "http://127.0.0.1:8080"
+# nginx's host port, as tests/containers/compose publishes it.
+URL = "http://127.0.0.1:" + os.environ.get("RWSPLIT_COMPOSE_PORT", "18090")
 # The web service's monitor interval and replica connect timeout (docker-compose.yml).
 MONITOR_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 0.25

@@ -148,7 +148,21 @@ async fn an_exhausted_pool_answers_503_fast_with_retry_after() {
     // One request first: its batch takes the connection and waits on the lock. Sent together,
     // a batch could take them all at once (group commit), and none would wait for the pool.
     let mut requests = vec![get()];
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually(
+        Duration::from_secs(5),
+        "the first insert waiting for the table",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO request_log%'",
+            )
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+            waiting > 0
+        },
+    )
+    .await;
     requests.extend((1..20).map(|_| get()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     lock.rollback().await.unwrap();

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{client, get_json};
-use rwsplit::session::RedisStore;
+use rwsplit::session::{Record, RedisStore, SessionData};
 use rwsplit_router::{Consistency, Lsn, ReadContext, Reason};
-use tower_sessions::SessionStore;
-use tower_sessions::session::{Id, Record};
 
 /// One replica replays at once, the other a second late: consecutive reads that land on
 /// different replicas disagree about what exists, which is where time travel happens.
@@ -136,52 +134,51 @@ async fn a_token_ahead_of_every_replica_waits_no_longer_than_the_causal_wait_the
     assert_eq!(ctx.token, Some(ahead), "the token moved back");
 }
 
-fn record(id: Id, token: Lsn) -> Record {
-    Record {
-        id,
-        data: HashMap::from([
-            ("causal".to_owned(), serde_json::to_value(token).unwrap()),
-            (
-                "rwsplit".to_owned(),
-                serde_json::json!({"tag": "t", "visits": 1}),
-            ),
-        ]),
-        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::minutes(5),
-    }
-}
-
-fn token(record: &Record) -> Lsn {
-    serde_json::from_value(record.data["causal"].clone()).unwrap()
+/// A record whose token is `token`, as JSON for the store.
+fn record(token: Lsn) -> String {
+    let data = SessionData {
+        tag: "t".into(),
+        visits: 1,
+        ..SessionData::default()
+    };
+    serde_json::to_string(&Record {
+        data: &data,
+        token: Some(token),
+    })
+    .unwrap()
 }
 
 #[tokio::test]
 async fn two_requests_of_one_session_on_two_instances_keep_the_larger_token() {
     let stack = common::Stack::get();
     let config = stack.config(stack.replicas);
+    let ttl = Duration::from_secs(300);
     // Two instances: each its own store and Redis connection, as two web processes have.
     let web1 = Arc::new(RedisStore::new(&config.session).unwrap());
     let web2 = Arc::new(RedisStore::new(&config.session).unwrap());
-    let mut first = record(Id::default(), Lsn(0x10));
-    web1.create(&mut first).await.unwrap();
-    let id = first.id;
+    let id = web1
+        .save(None, &record(Lsn(0x10)), Some(Lsn(0x10)), ttl)
+        .await
+        .unwrap();
 
     // Both requests load the session before either saves: the barrier.
-    let mut on_web1 = web1.load(&id).await.unwrap().unwrap();
-    let mut on_web2 = web2.load(&id).await.unwrap().unwrap();
-    assert_eq!((token(&on_web1), token(&on_web2)), (Lsn(0x10), Lsn(0x10)));
+    let on_web1 = web1.load(id).await.unwrap().unwrap();
+    let on_web2 = web2.load(id).await.unwrap().unwrap();
+    assert_eq!(
+        (on_web1.token, on_web2.token),
+        (Some(Lsn(0x10)), Some(Lsn(0x10)))
+    );
     // web1's request wrote and saves first; web2's request, which saw less, saves its whole
     // record last.
-    on_web1
-        .data
-        .insert("causal".into(), serde_json::to_value(Lsn(0x30)).unwrap());
-    web1.save(&on_web1).await.unwrap();
-    on_web2
-        .data
-        .insert("causal".into(), serde_json::to_value(Lsn(0x20)).unwrap());
-    web2.save(&on_web2).await.unwrap();
+    web1.save(Some(id), &record(Lsn(0x30)), Some(Lsn(0x30)), ttl)
+        .await
+        .unwrap();
+    web2.save(Some(id), &record(Lsn(0x20)), Some(Lsn(0x20)), ttl)
+        .await
+        .unwrap();
 
-    let after = web1.load(&id).await.unwrap().unwrap();
-    assert_eq!(token(&after), Lsn(0x30), "the token went backwards");
+    let after = web1.load(id).await.unwrap().unwrap();
+    assert_eq!(after.token, Some(Lsn(0x30)), "the token went backwards");
 
     // Redis losing the token's own key degrades to what the record still knows.
     let redis = redis::Client::open(stack.redis_url()).unwrap();
@@ -191,7 +188,7 @@ async fn two_requests_of_one_session_on_two_instances_keep_the_larger_token() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let degraded = web2.load(&id).await.unwrap().unwrap();
-    assert_eq!(token(&degraded), Lsn(0x20));
-    web1.delete(&id).await.unwrap();
+    let degraded = web2.load(id).await.unwrap().unwrap();
+    assert_eq!(degraded.token, Some(Lsn(0x20)));
+    web1.delete(id).await.unwrap();
 }

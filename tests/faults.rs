@@ -119,7 +119,7 @@ async fn with_redis_stopped_pages_still_work_and_never_read_stale() {
 
 /// Redis can go after an instance last reached it: a new visitor's first Redis call is then
 /// the save, after the page was rendered and its row written. That costs the visit its
-/// session, never the page (tower-sessions would answer an empty 500).
+/// session, never the page.
 #[tokio::test]
 async fn redis_gone_before_the_session_is_saved_costs_the_session_not_the_page() {
     let stack = common::Stack::get();

@@ -1,30 +1,33 @@
 //! Sessions: a cookie naming a record that lives only in Redis, so any instance can serve
 //! any request.
+//!
+//! A request's [`Visit`] loads the record its cookie names; the handler counts the visit or
+//! keeps a write, and [`save`], the middleware, saves the record once the handler is done and
+//! hands the browser its cookie. The record is rwsplit's own struct in JSON: a general session
+//! layer's map of `serde_json::Value`s cost a fifth of the web tier's CPU (BENCHMARKS.md).
 
+mod id;
 mod store;
 
-use serde::{Deserialize, Serialize};
-use tower_sessions::cookie::SameSite;
-use tower_sessions::{Expiry, Session, SessionManagerLayer};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-pub use store::RedisStore;
-use store::TOKEN;
+use axum::extract::Request;
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+pub use id::SessionId;
+pub use store::{Record, RedisStore, SessionError};
 
 use crate::config::SessionConfig;
 use rwsplit_router::{Consistency, Lsn, ReadContext, WriteMark};
 
-const KEY: &str = "rwsplit";
+/// The cookie that carries a session's id.
+const COOKIE: &str = "rwsplit_session";
 /// Bounds the record: a session served by more instances than this keeps the most recent.
 const MAX_INSTANCES: usize = 16;
-
-pub fn layer(store: RedisStore, config: &SessionConfig) -> SessionManagerLayer<RedisStore> {
-    SessionManagerLayer::new(store)
-        .with_name("rwsplit_session")
-        .with_http_only(true)
-        .with_same_site(SameSite::Lax)
-        .with_secure(config.cookie_secure)
-        .with_expiry(Expiry::OnInactivity(to_time(config.idle_timeout)))
-}
 
 /// What rwsplit keeps in a session.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -40,46 +43,133 @@ pub struct SessionData {
 /// This request's view of its session: the data, or why there is none.
 #[derive(Debug)]
 pub struct Visit {
-    session: Session,
     /// `None` when Redis could not be reached: the page goes on without a session.
     pub data: Option<SessionData>,
-    /// The causal token as loaded: the store keeps it apart from `data`, forward only.
+    /// The record's id in Redis; `None` for a session not saved yet.
+    id: Option<SessionId>,
+    /// The causal token: the store keeps it apart from `data`, forward only.
     token: Option<Lsn>,
+    store: RedisStore,
+    config: Lifetimes,
+    /// What [`save`] is to save when the handler is done.
+    pending: Pending,
+}
+
+/// How long sessions live, and whether their cookie is for HTTPS only.
+#[derive(Clone, Copy, Debug)]
+struct Lifetimes {
+    idle_timeout: Duration,
+    first_visit_ttl: Duration,
+    secure: bool,
+}
+
+/// A record a handler changed, for [`save`] to write after it.
+#[derive(Debug)]
+struct Change {
+    store: RedisStore,
+    id: Option<SessionId>,
+    json: String,
+    token: Option<Lsn>,
+    ttl: Duration,
+    secure: bool,
+}
+
+/// Shared by a request's [`Visit`] and the [`save`] middleware around its handler.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pending(Arc<Mutex<Option<Change>>>);
+
+impl Pending {
+    fn put(&self, change: Change) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(change);
+    }
+
+    fn take(&self) -> Option<Change> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// Middleware: saves what the handler changed in its session and sets the session's cookie
+/// (with its renewed lifetime). A server error's session is left as it was. A save that fails
+/// costs the visit its session, never its page: the page is already rendered, and the next
+/// request starts a new session (or, with Redis still down, goes on without).
+pub(crate) async fn save(mut req: Request, next: Next) -> Response {
+    let pending = Pending::default();
+    req.extensions_mut().insert(pending.clone());
+    let mut res = next.run(req).await;
+    let Some(change) = pending.take() else {
+        return res;
+    };
+    if res.status().is_server_error() {
+        return res;
+    }
+    match change
+        .store
+        .save(change.id, &change.json, change.token, change.ttl)
+        .await
+    {
+        Ok(id) => {
+            let cookie = id::cookie(id, change.ttl, change.secure);
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        Err(e) => tracing::warn!(error = %e, "session not saved"),
+    }
+    res
 }
 
 impl Visit {
-    /// Loads the session. Never fails: with Redis down, `data` is `None` and nothing is saved.
-    pub async fn open(session: Session, store: &RedisStore) -> Self {
-        // A new visitor costs Redis nothing until the end of the request. When Redis is known
-        // to be down, check first, so the page says so rather than count a visit it cannot keep.
-        if session.id().is_none() && !store.is_healthy() && store.ping().await.is_err() {
-            return Self {
-                session,
-                data: None,
-                token: None,
-            };
-        }
-        let data = match session.get::<SessionData>(KEY).await {
-            Ok(data) => Some(data.unwrap_or_else(|| SessionData {
-                tag: new_tag(),
-                ..SessionData::default()
-            })),
-            Err(e) => {
-                tracing::warn!(error = %e, "session unavailable");
-                None
+    /// Loads the session named by the request's cookie. Never fails: with Redis down, `data`
+    /// is `None` and nothing is saved. An id Redis does not know starts a new session, which
+    /// gets a new id: a client never chooses its session's id.
+    pub(crate) async fn open(
+        headers: &HeaderMap,
+        store: &RedisStore,
+        config: &SessionConfig,
+        pending: Pending,
+    ) -> Self {
+        let mut visit = Self {
+            data: None,
+            id: None,
+            token: None,
+            store: store.clone(),
+            config: Lifetimes {
+                idle_timeout: config.idle_timeout,
+                first_visit_ttl: config.first_visit_ttl,
+                secure: config.cookie_secure,
+            },
+            pending,
+        };
+        let loaded = match id::from_cookies(headers) {
+            Some(id) => store
+                .load(id)
+                .await
+                .map(|r| r.map(|r| (id, r)))
+                .map_err(Into::into),
+            // A new visitor costs Redis nothing until the end of the request. When Redis is
+            // known to be down, check first, so the page says so rather than count a visit
+            // it cannot keep.
+            None if !store.is_healthy() => store.ping().await.map(|()| None).map_err(Into::into),
+            None => Ok(None),
+        };
+        let tag = match loaded {
+            Ok(Some((id, record))) => {
+                visit.id = Some(id);
+                visit.data = Some(record.data);
+                visit.token = record.token;
+                return visit;
             }
+            Ok(None) => id::tag().map_err(SessionError::from),
+            Err(e) => Err(e),
         };
-        // The record is loaded by now: reading another entry costs no round trip. A token
-        // that does not parse is dropped: the session then knows less, never something wrong.
-        let token = match data {
-            Some(_) => session.get::<Lsn>(TOKEN).await.ok().flatten(),
-            None => None,
-        };
-        Self {
-            session,
-            data,
-            token,
+        match tag {
+            Ok(tag) => {
+                visit.data = Some(SessionData {
+                    tag,
+                    ..SessionData::default()
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "session unavailable"),
         }
+        visit
     }
 
     pub fn tag(&self) -> Option<&str> {
@@ -100,21 +190,8 @@ impl Visit {
         }
     }
 
-    /// Stages the context's token for saving if it moved forward (without a session, there
-    /// is nothing to keep it in).
-    async fn keep_token(&mut self, ctx: &ReadContext) {
-        if self.data.is_none() || ctx.token <= self.token {
-            return;
-        }
-        self.token = ctx.token;
-        if let Err(e) = self.session.insert(TOKEN, ctx.token).await {
-            tracing::warn!(error = %e, "session token not updated");
-        }
-    }
-
     /// Counts a page view by `instance` and keeps the session's last write and token.
-    pub async fn record(&mut self, instance: &str, ctx: &ReadContext, config: &SessionConfig) {
-        self.keep_token(ctx).await;
+    pub fn record(&mut self, instance: &str, ctx: &ReadContext) {
         let Some(data) = self.data.as_mut() else {
             return;
         };
@@ -125,38 +202,52 @@ impl Visit {
         }
         data.instances.push(instance.to_owned());
         data.last_write = ctx.last_write.or(data.last_write);
-        self.session
-            .set_expiry(Some(Expiry::OnInactivity(to_time(if data.visits == 1 {
-                config.first_visit_ttl
-            } else {
-                config.idle_timeout
-            }))));
-        if let Err(e) = self.session.insert(KEY, &*data).await {
-            tracing::warn!(error = %e, "session not updated");
-        }
+        self.token = self.token.max(ctx.token);
+        // A client that never sends the cookie back leaves a short-lived session behind.
+        let ttl = if data.visits == 1 {
+            self.config.first_visit_ttl
+        } else {
+            self.config.idle_timeout
+        };
+        self.stage(ttl);
     }
 
     /// Keeps the session's last write and token without counting a visit (the `/test`
-    /// probes and reads).
-    pub async fn remember(&mut self, ctx: &ReadContext) {
-        self.keep_token(ctx).await;
+    /// probes and reads); changes the record only if either moved.
+    pub fn remember(&mut self, ctx: &ReadContext) {
         let Some(data) = self.data.as_mut() else {
             return;
         };
-        if ctx.last_write.is_some() && data.last_write != ctx.last_write {
+        let wrote = ctx.last_write.is_some() && data.last_write != ctx.last_write;
+        if !wrote && ctx.token <= self.token {
+            return;
+        }
+        if wrote {
             data.last_write = ctx.last_write;
-            if let Err(e) = self.session.insert(KEY, &*data).await {
-                tracing::warn!(error = %e, "session not updated");
-            }
+        }
+        self.token = self.token.max(ctx.token);
+        self.stage(self.config.idle_timeout);
+    }
+
+    /// Leaves the record as it is now for [`save`], to live `ttl` from the end of the request.
+    fn stage(&self, ttl: Duration) {
+        let Some(data) = &self.data else {
+            return;
+        };
+        let record = Record {
+            data,
+            token: self.token,
+        };
+        match serde_json::to_string(&record) {
+            Ok(json) => self.pending.put(Change {
+                store: self.store.clone(),
+                id: self.id,
+                json,
+                token: self.token,
+                ttl,
+                secure: self.config.secure,
+            }),
+            Err(e) => tracing::warn!(error = %e, "session not saved"),
         }
     }
-}
-
-fn new_tag() -> String {
-    // tower-sessions ids are 128 random bits; a fresh one is a convenient random source.
-    format!("{:08x}", tower_sessions::session::Id::default().0 as u32)
-}
-
-fn to_time(d: std::time::Duration) -> time::Duration {
-    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }

@@ -1,14 +1,13 @@
-//! A tower-sessions store over redis-rs' `ConnectionManager`.
+//! The session store: records in Redis, over redis-rs' `ConnectionManager`.
 //!
-//! Every published Redis store for tower-sessions is built on another Redis client (fred);
-//! this one keeps the project on a single client. Records are JSON under `rwsplit:session:<id>`
-//! and expire in Redis itself (`EXAT`), so no sweeper is needed.
+//! A record is JSON under `rwsplit:session:<id>` and expires in Redis itself (`EX`), so no
+//! sweeper is needed.
 //!
-//! A record's [`TOKEN`] entry (the session's causal token) only ever moves forward, even when
-//! two requests of one session run at once on two instances and the one that saw less saves
-//! its whole record last: every save also advances `rwsplit:causal:<id>` with an atomic
-//! compare-and-max, and every load takes the larger of the two. Both travel in the same
-//! round trip as the record. If Redis loses that key, the record's own copy still holds.
+//! A record's causal token only ever moves forward, even when two requests of one session run
+//! at once on two instances and the one that saw less saves its whole record last: every save
+//! also advances `rwsplit:causal:<id>` with an atomic compare-and-max, and every load takes the
+//! larger of the two. Both travel in the same round trip as the record. If Redis loses that
+//! key, the record's own copy still holds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,20 +15,39 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisError};
-use tower_sessions::session::{Id, Record};
-use tower_sessions::session_store::{self, SessionStore};
+use serde::{Deserialize, Serialize};
 
+use super::{SessionData, SessionId};
 use crate::config::SessionConfig;
 use rwsplit_router::Lsn;
 
 const PREFIX: &str = "rwsplit:session:";
 const TOKEN_PREFIX: &str = "rwsplit:causal:";
 
-/// The record entry whose value (an [`Lsn`]) the store keeps from moving backwards.
-pub(crate) const TOKEN: &str = "causal";
+/// Tries at a free id for a new session; a collision of 128 random bits is not expected once.
+const NEW_ID_TRIES: u32 = 3;
+
+/// What the store keeps of a session, in JSON: its data and its causal token. Written from a
+/// borrowed `Record<&SessionData>`, read as a `Record`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record<D = SessionData> {
+    pub data: D,
+    pub token: Option<Lsn>,
+}
+
+/// Why the store could not load or save a session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("no random source for a session id: {0}")]
+    Random(#[from] getrandom::Error),
+    #[error("no free session id after {NEW_ID_TRIES} tries")]
+    NoFreeId,
+}
 
 /// Sets KEYS[1] to ARGV[1] unless it already holds a larger position, and renews its expiry
-/// to ARGV[2] (Unix seconds). Positions are 16 hex digits, compared as two exact halves.
+/// to ARGV[2] seconds. Positions are 16 hex digits, compared as two exact halves.
 const ADVANCE: &str = r"
 local function parse(v) return tonumber(string.sub(v, 1, 8), 16), tonumber(string.sub(v, 9, 16), 16) end
 local new = ARGV[1]
@@ -39,7 +57,7 @@ if cur then
   local nh, nl = parse(new)
   if ch > nh or (ch == nh and cl >= nl) then new = cur end
 end
-redis.call('SET', KEYS[1], new, 'EXAT', ARGV[2])
+redis.call('SET', KEYS[1], new, 'EX', ARGV[2])
 return new
 ";
 
@@ -124,121 +142,94 @@ impl RedisStore {
         result
     }
 
-    /// The record's SET, and its token's compare-and-max when it has one, in one pipeline.
-    fn save_commands(record: &Record, nx: bool) -> session_store::Result<redis::Pipeline> {
-        let mut set = Self::set(record)?;
-        if nx {
-            set.arg("NX");
-        }
-        let mut pipe = redis::pipe();
-        pipe.add_command(set);
-        if let Some(token) = token_of(record) {
-            pipe.cmd("EVAL")
-                .arg(ADVANCE)
-                .arg(1)
-                .arg(token_key(&record.id))
-                .arg(format!("{:016X}", token.0))
-                .arg(record.expiry_date.unix_timestamp())
-                .ignore();
-        }
-        Ok(pipe)
-    }
-
-    fn set(record: &Record) -> session_store::Result<redis::Cmd> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key(&record.id))
-            .arg(json)
-            .arg("EXAT")
-            .arg(record.expiry_date.unix_timestamp());
-        Ok(cmd)
-    }
-}
-
-fn key(id: &Id) -> String {
-    format!("{PREFIX}{id}")
-}
-
-fn token_key(id: &Id) -> String {
-    format!("{TOKEN_PREFIX}{id}")
-}
-
-fn token_of(record: &Record) -> Option<Lsn> {
-    record
-        .data
-        .get(TOKEN)
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-}
-
-/// tower-sessions saves after the handler has run, so by then the page is rendered and its
-/// row written; an error here would replace that page with an empty 500. Redis failing in
-/// between costs the visit its session instead: the next request starts a new one (or, with
-/// Redis still down, goes on without). `run` has counted the error.
-fn unsaved(e: &RedisError) {
-    tracing::warn!(error = %e, "session not saved");
-}
-
-fn backend(e: RedisError) -> session_store::Error {
-    session_store::Error::Backend(e.to_string())
-}
-
-#[async_trait::async_trait]
-impl SessionStore for RedisStore {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        // Ids are 128 random bits, so a collision is astronomically unlikely; NX makes it
-        // impossible to overwrite someone else's session even then. (Its token would still
-        // be advanced by ours, which only makes that session's reads stricter.)
-        for _ in 0..3 {
-            let pipe = Self::save_commands(record, true)?;
-            match self.run_all::<(Option<String>,)>(pipe).await {
-                Ok((Some(_),)) => return Ok(()),
-                Ok((None,)) => record.id = Id::default(),
-                Err(e) => {
-                    unsaved(&e);
-                    return Ok(());
-                }
-            }
-        }
-        Err(session_store::Error::Backend(
-            "no free session id after 3 tries".into(),
-        ))
-    }
-
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        if let Err(e) = self
-            .run_all::<()>(Self::save_commands(record, false)?)
-            .await
-        {
-            unsaved(&e);
-        }
-        Ok(())
-    }
-
-    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+    /// The session `id`, or `None` if Redis does not have it (never saved, or expired) or
+    /// holds a record this build cannot read (an older format): that visitor starts afresh
+    /// rather than go without a session until it expires. The token is the larger of the
+    /// record's and its compare-and-max key's.
+    pub async fn load(&self, id: SessionId) -> Result<Option<Record>, RedisError> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key(id)).cmd("GET").arg(token_key(id));
-        let (json, kept): (Option<String>, Option<String>) =
-            self.run_all(pipe).await.map_err(backend)?;
+        let (json, kept): (Option<String>, Option<String>) = self.run_all(pipe).await?;
         let Some(json) = json else {
             return Ok(None);
         };
-        let mut record: Record =
-            serde_json::from_str(&json).map_err(|e| session_store::Error::Decode(e.to_string()))?;
+        let mut record: Record = match serde_json::from_str(&json) {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable session record; starting a new session");
+                return Ok(None);
+            }
+        };
         let kept = kept.and_then(|t| u64::from_str_radix(&t, 16).ok()).map(Lsn);
-        if let Some(kept) = kept
-            && token_of(&record) < Some(kept)
-        {
-            let value = serde_json::to_value(kept)
-                .map_err(|e| session_store::Error::Encode(e.to_string()))?;
-            record.data.insert(TOKEN.to_owned(), value);
-        }
+        record.token = record.token.max(kept);
         Ok(Some(record))
     }
 
-    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+    /// Saves a record (`json`, a [`Record`], whose token is `token`) for `ttl` under `id`, or
+    /// under a new id if `None`; returns the id.
+    pub async fn save(
+        &self,
+        id: Option<SessionId>,
+        json: &str,
+        token: Option<Lsn>,
+        ttl: Duration,
+    ) -> Result<SessionId, SessionError> {
+        if let Some(id) = id {
+            self.run_all::<()>(save_commands(id, json, token, ttl, false))
+                .await?;
+            return Ok(id);
+        }
+        // NX: even a colliding id could never overwrite someone else's session. (Its token
+        // would still be advanced by ours, which only makes that session's reads stricter.)
+        for _ in 0..NEW_ID_TRIES {
+            let id = SessionId::random()?;
+            let pipe = save_commands(id, json, token, ttl, true);
+            if let (Some(_),) = self.run_all::<(Option<String>,)>(pipe).await? {
+                return Ok(id);
+            }
+        }
+        Err(SessionError::NoFreeId)
+    }
+
+    /// Deletes the session `id` and its token.
+    pub async fn delete(&self, id: SessionId) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(key(id)).arg(token_key(id));
-        self.run::<()>(cmd).await.map_err(backend)
+        self.run::<()>(cmd).await
     }
+}
+
+/// The record's SET, and its token's compare-and-max when it has one, in one pipeline.
+fn save_commands(
+    id: SessionId,
+    json: &str,
+    token: Option<Lsn>,
+    ttl: Duration,
+    nx: bool,
+) -> redis::Pipeline {
+    // At least a second: Redis refuses an expiry of zero.
+    let secs = ttl.as_secs().max(1);
+    let mut pipe = redis::pipe();
+    let set = pipe.cmd("SET").arg(key(id)).arg(json).arg("EX").arg(secs);
+    if nx {
+        set.arg("NX");
+    }
+    if let Some(token) = token {
+        pipe.cmd("EVAL")
+            .arg(ADVANCE)
+            .arg(1)
+            .arg(token_key(id))
+            .arg(format!("{:016X}", token.0))
+            .arg(secs)
+            .ignore();
+    }
+    pipe
+}
+
+fn key(id: SessionId) -> String {
+    format!("{PREFIX}{id}")
+}
+
+fn token_key(id: SessionId) -> String {
+    format!("{TOKEN_PREFIX}{id}")
 }

@@ -5,9 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use tower_sessions::Session;
 
-use crate::session::Visit;
+use crate::session::{Pending, Visit};
 use crate::state::AppState;
 
 /// Loads the request's session from Redis; never fails for Redis being down (see
@@ -19,8 +18,12 @@ impl FromRequestParts<AppState> for Visit {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let session = Session::from_request_parts(parts, state).await?;
-        Ok(Visit::open(session, &state.sessions).await)
+        let pending = parts.extensions.get::<Pending>().cloned().ok_or((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the session middleware (session::save) is not installed",
+        ))?;
+        let config = &state.config.session;
+        Ok(Visit::open(&parts.headers, &state.sessions, config, pending).await)
     }
 }
 

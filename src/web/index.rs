@@ -103,7 +103,7 @@ pub async fn index(
         }
         Err(e) => return Err(e.into()),
     };
-    visit.record(&config.instance, &ctx, &config.session).await;
+    visit.record(&config.instance, &ctx);
 
     Ok(IndexPage {
         instance: config.instance.clone(),

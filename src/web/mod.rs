@@ -29,7 +29,6 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img
 
 /// The whole application; tests and `serve` both start here.
 pub fn app(state: AppState) -> Router {
-    let sessions = session::layer(state.sessions.clone(), &state.config.session);
     let timeout = state.config.request_timeout;
     Router::new()
         .route("/", get(index::index))
@@ -42,7 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/static/style.css", get(stylesheet))
         .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound })
-        .layer(sessions)
+        .layer(axum::middleware::from_fn(session::save))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         // Security headers on every response, whoever sits in front of the app.
         .layer(SetResponseHeaderLayer::if_not_present(

@@ -80,7 +80,7 @@ async fn measure(
     for mode in modes {
         let ctx = visit.read_context(mode);
         let (run, ctx) = probe::run(&state.db, &state.config.instance, ctx, n).await?;
-        visit.remember(&ctx).await;
+        visit.remember(&ctx);
         runs.push(run);
     }
     let wal_senders = state.db.wal_senders().await;
@@ -141,7 +141,7 @@ pub async fn write_json(
     let mut ctx = visit.read_context(state.config.consistency);
     probe::prune(&state.db).await?;
     let id = probe::write(&state.db, &state.config.instance, &mut ctx).await?;
-    visit.remember(&ctx).await;
+    visit.remember(&ctx);
     Ok(Json(WriteReport {
         id,
         instance: state.config.instance.clone(),
@@ -184,7 +184,7 @@ pub async fn read_json(
         .db
         .read(&mut ctx, |c| Box::pin(probe::read_back(c, id)))
         .await?;
-    visit.remember(&ctx).await;
+    visit.remember(&ctx);
     Ok(Json(ReadBackReport {
         id,
         found: read.value.found,

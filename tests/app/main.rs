@@ -186,6 +186,8 @@ async fn a_forged_session_cookie_starts_a_new_session() {
         "AAAAAAAAAAAAAAAAAAAAAA",
         "%3Cscript%3E",
         &"x".repeat(4000),
+        // Well-formed, but no session of Redis's: the client still does not get to choose.
+        "0123456789abcdef0123456789abcdef",
     ] {
         let page = app
             .get_with("/", &[("cookie", &format!("rwsplit_session={forged}"))])
@@ -199,6 +201,71 @@ async fn a_forged_session_cookie_starts_a_new_session() {
 }
 
 #[tokio::test]
+async fn a_session_record_it_cannot_read_starts_a_new_session() {
+    let app = TestApp::new().await;
+    let first = app.get("/").await;
+    let cookie = first.session_cookie();
+    // A record of another format, as an older build would have left it.
+    let id = cookie.trim_start_matches("rwsplit_session=");
+    let redis = redis::Client::open(app.stack.redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("rwsplit:session:{id}"))
+        .arg(r#"{"id":1,"data":{"rwsplit":{}},"expiry_date":[2026,1,0,0,0,0,0,0,0]}"#)
+        .arg("EX")
+        .arg(60)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let page = app.get_with("/", &[("cookie", &cookie)]).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(text_of(&page.text, "visits"), Some("1"));
+    assert_ne!(page.session_cookie(), cookie, "a new session gets a new id");
+}
+
+/// The `Max-Age` of a `Set-Cookie` header.
+fn max_age(page: &kit::Response) -> Option<u64> {
+    let cookie = page.headers["set-cookie"].to_str().ok()?;
+    cookie
+        .split("; ")
+        .find_map(|attr| attr.strip_prefix("Max-Age="))?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn a_first_visit_lives_briefly_a_returning_one_as_long_as_configured() {
+    let app = TestApp::with(&[
+        ("SESSION_FIRST_VISIT_SECS", "60"),
+        ("SESSION_IDLE_SECS", "7200"),
+        ("COOKIE_SECURE", "true"),
+    ])
+    .await;
+    let first = app.get("/").await;
+    let cookie = first.session_cookie();
+    assert_eq!(max_age(&first), Some(60));
+    assert!(
+        first.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure")
+    );
+    let second = app.get_with("/", &[("cookie", &cookie)]).await;
+    assert_eq!(second.session_cookie(), cookie, "the same session");
+    assert_eq!(max_age(&second), Some(7200));
+    // Redis forgets the record when the cookie lapses, not later.
+    let id = cookie.trim_start_matches("rwsplit_session=");
+    let redis = redis::Client::open(app.stack.redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("rwsplit:session:{id}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((7190..=7200).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
 async fn cookies_and_headers_are_locked_down() {
     let app = TestApp::new().await;
     let page = app.get("/").await;
@@ -207,10 +274,11 @@ async fn cookies_and_headers_are_locked_down() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
-    // 128 random bits: tower-sessions ids print as 22 base64url characters.
+    // 128 random bits, as 32 hex digits.
     let id = page.session_cookie();
+    let hex = id.trim_start_matches("rwsplit_session=");
     assert!(
-        id.trim_start_matches("rwsplit_session=").len() >= 22,
+        hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
         "{id}"
     );
     assert_eq!(page.headers["x-content-type-options"], "nosniff");

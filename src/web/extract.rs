@@ -18,10 +18,14 @@ impl FromRequestParts<AppState> for Visit {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let pending = parts.extensions.get::<Pending>().cloned().ok_or((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the session middleware (session::save) is not installed",
-        ))?;
+        // Only a router built without `session::save` lacks it: a bug, logged, not shown.
+        let pending = parts.extensions.get::<Pending>().cloned().ok_or_else(|| {
+            tracing::error!("the session middleware (session::save) is not installed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong on our side. It has been logged.",
+            )
+        })?;
         let config = &state.config.session;
         Ok(Visit::open(&parts.headers, &state.sessions, config, pending).await)
     }

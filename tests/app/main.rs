@@ -223,6 +223,28 @@ async fn a_session_record_it_cannot_read_starts_a_new_session() {
     assert_ne!(page.session_cookie(), cookie, "a new session gets a new id");
 }
 
+#[tokio::test]
+async fn a_router_without_the_session_middleware_fails_closed_and_says_nothing_of_why() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    let app = TestApp::new().await;
+    let router = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|_: rwsplit::session::Visit| async { "served" }),
+        )
+        .with_state(app.state.clone());
+    let request = axum::http::Request::get("/").body(Body::empty()).unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("It has been logged"), "{body}");
+    assert!(!body.contains("session"), "{body}");
+}
+
 /// The `Max-Age` of a `Set-Cookie` header.
 fn max_age(page: &kit::Response) -> Option<u64> {
     let cookie = page.headers["set-cookie"].to_str().ok()?;

@@ -68,8 +68,7 @@ struct Lifetimes {
 struct Change {
     store: RedisStore,
     id: Option<SessionId>,
-    json: String,
-    token: Option<Lsn>,
+    record: Record,
     ttl: Duration,
     secure: bool,
 }
@@ -104,7 +103,7 @@ pub(crate) async fn save(mut req: Request, next: Next) -> Response {
     }
     match change
         .store
-        .save(change.id, &change.json, change.token, change.ttl)
+        .save(change.id, &change.record, change.ttl)
         .await
     {
         Ok(id) => {
@@ -230,24 +229,20 @@ impl Visit {
     }
 
     /// Leaves the record as it is now for [`save`], to live `ttl` from the end of the request.
+    /// A copy: the page takes `data` before the record is saved.
     fn stage(&self, ttl: Duration) {
         let Some(data) = &self.data else {
             return;
         };
-        let record = Record {
-            data,
-            token: self.token,
-        };
-        match serde_json::to_string(&record) {
-            Ok(json) => self.pending.put(Change {
-                store: self.store.clone(),
-                id: self.id,
-                json,
+        self.pending.put(Change {
+            store: self.store.clone(),
+            id: self.id,
+            record: Record {
+                data: data.clone(),
                 token: self.token,
-                ttl,
-                secure: self.config.secure,
-            }),
-            Err(e) => tracing::warn!(error = %e, "session not saved"),
-        }
+            },
+            ttl,
+            secure: self.config.secure,
+        });
     }
 }

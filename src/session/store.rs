@@ -27,11 +27,10 @@ const TOKEN_PREFIX: &str = "rwsplit:causal:";
 /// Tries at a free id for a new session; a collision of 128 random bits is not expected once.
 const NEW_ID_TRIES: u32 = 3;
 
-/// What the store keeps of a session, in JSON: its data and its causal token. Written from a
-/// borrowed `Record<&SessionData>`, read as a `Record`.
+/// What the store keeps of a session, as JSON: its data and its causal token.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Record<D = SessionData> {
-    pub data: D,
+pub struct Record {
+    pub data: SessionData,
     pub token: Option<Lsn>,
 }
 
@@ -40,6 +39,8 @@ pub struct Record<D = SessionData> {
 pub enum SessionError {
     #[error(transparent)]
     Redis(#[from] RedisError),
+    #[error("session record: {0}")]
+    Json(#[from] serde_json::Error),
     #[error("no random source for a session id: {0}")]
     Random(#[from] getrandom::Error),
     #[error("no free session id after {NEW_ID_TRIES} tries")]
@@ -165,17 +166,17 @@ impl RedisStore {
         Ok(Some(record))
     }
 
-    /// Saves a record (`json`, a [`Record`], whose token is `token`) for `ttl` under `id`, or
-    /// under a new id if `None`; returns the id.
+    /// Saves `record` for `ttl` under `id`, or under a new id if `None`; returns the id.
     pub async fn save(
         &self,
         id: Option<SessionId>,
-        json: &str,
-        token: Option<Lsn>,
+        record: &Record,
         ttl: Duration,
     ) -> Result<SessionId, SessionError> {
+        let json = serde_json::to_string(record)?;
+        let token = record.token;
         if let Some(id) = id {
-            self.run_all::<()>(save_commands(id, json, token, ttl, false))
+            self.run_all::<()>(save_commands(id, &json, token, ttl, false))
                 .await?;
             return Ok(id);
         }
@@ -183,7 +184,7 @@ impl RedisStore {
         // would still be advanced by ours, which only makes that session's reads stricter.)
         for _ in 0..NEW_ID_TRIES {
             let id = SessionId::random()?;
-            let pipe = save_commands(id, json, token, ttl, true);
+            let pipe = save_commands(id, &json, token, ttl, true);
             if let (Some(_),) = self.run_all::<(Option<String>,)>(pipe).await? {
                 return Ok(id);
             }

@@ -12,7 +12,7 @@ mod store;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -49,28 +49,34 @@ pub struct Visit {
     id: Option<SessionId>,
     /// The causal token: the store keeps it apart from `data`, forward only.
     token: Option<Lsn>,
-    store: RedisStore,
-    config: Lifetimes,
-    /// What [`save`] is to save when the handler is done.
-    pending: Pending,
-}
-
-/// How long sessions live, and whether their cookie is for HTTPS only.
-#[derive(Clone, Copy, Debug)]
-struct Lifetimes {
     idle_timeout: Duration,
     first_visit_ttl: Duration,
-    secure: bool,
+    /// What [`save`] is to save when the handler is done.
+    pending: Pending,
 }
 
 /// A record a handler changed, for [`save`] to write after it.
 #[derive(Debug)]
 struct Change {
-    store: RedisStore,
     id: Option<SessionId>,
     record: Record,
     ttl: Duration,
+}
+
+/// What the [`save`] middleware needs: where records go, and whether cookies are HTTPS only.
+#[derive(Clone, Debug)]
+pub(crate) struct Saver {
+    store: RedisStore,
     secure: bool,
+}
+
+impl Saver {
+    pub(crate) fn new(store: RedisStore, config: &SessionConfig) -> Self {
+        Self {
+            store,
+            secure: config.cookie_secure,
+        }
+    }
 }
 
 /// Shared by a request's [`Visit`] and the [`save`] middleware around its handler.
@@ -91,7 +97,7 @@ impl Pending {
 /// (with its renewed lifetime). A server error's session is left as it was. A save that fails
 /// costs the visit its session, never its page: the page is already rendered, and the next
 /// request starts a new session (or, with Redis still down, goes on without).
-pub(crate) async fn save(mut req: Request, next: Next) -> Response {
+pub(crate) async fn save(State(saver): State<Saver>, mut req: Request, next: Next) -> Response {
     let pending = Pending::default();
     req.extensions_mut().insert(pending.clone());
     let mut res = next.run(req).await;
@@ -101,13 +107,13 @@ pub(crate) async fn save(mut req: Request, next: Next) -> Response {
     if res.status().is_server_error() {
         return res;
     }
-    match change
+    match saver
         .store
         .save(change.id, &change.record, change.ttl)
         .await
     {
         Ok(id) => {
-            let cookie = id::cookie(id, change.ttl, change.secure);
+            let cookie = id::cookie(id, change.ttl, saver.secure);
             res.headers_mut().append(header::SET_COOKIE, cookie);
         }
         Err(e) => tracing::warn!(error = %e, "session not saved"),
@@ -129,12 +135,8 @@ impl Visit {
             data: None,
             id: None,
             token: None,
-            store: store.clone(),
-            config: Lifetimes {
-                idle_timeout: config.idle_timeout,
-                first_visit_ttl: config.first_visit_ttl,
-                secure: config.cookie_secure,
-            },
+            idle_timeout: config.idle_timeout,
+            first_visit_ttl: config.first_visit_ttl,
             pending,
         };
         let loaded = match id::from_cookies(headers) {
@@ -204,9 +206,9 @@ impl Visit {
         self.token = self.token.max(ctx.token);
         // A client that never sends the cookie back leaves a short-lived session behind.
         let ttl = if data.visits == 1 {
-            self.config.first_visit_ttl
+            self.first_visit_ttl
         } else {
-            self.config.idle_timeout
+            self.idle_timeout
         };
         self.stage(ttl);
     }
@@ -225,7 +227,7 @@ impl Visit {
             data.last_write = ctx.last_write;
         }
         self.token = self.token.max(ctx.token);
-        self.stage(self.config.idle_timeout);
+        self.stage(self.idle_timeout);
     }
 
     /// Leaves the record as it is now for [`save`], to live `ttl` from the end of the request.
@@ -235,14 +237,12 @@ impl Visit {
             return;
         };
         self.pending.put(Change {
-            store: self.store.clone(),
             id: self.id,
             record: Record {
                 data: data.clone(),
                 token: self.token,
             },
             ttl,
-            secure: self.config.secure,
         });
     }
 }

@@ -41,7 +41,10 @@ pub fn app(state: AppState) -> Router {
         .route("/static/style.css", get(stylesheet))
         .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound })
-        .layer(axum::middleware::from_fn(session::save))
+        .layer(axum::middleware::from_fn_with_state(
+            session::Saver::new(state.sessions.clone(), &state.config.session),
+            session::save,
+        ))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         // Security headers on every response, whoever sits in front of the app.
         .layer(SetResponseHeaderLayer::if_not_present(

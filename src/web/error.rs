@@ -27,6 +27,9 @@ pub enum AppError {
     Log(#[from] LogError),
     #[error("template: {0}")]
     Render(#[from] askama::Error),
+    /// The app was put together wrong (a layer missing): never the client's doing.
+    #[error("{0}")]
+    Bug(&'static str),
 }
 
 impl AppError {
@@ -36,7 +39,9 @@ impl AppError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             _ if self.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Db(_) | Self::Log(_) | Self::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Db(_) | Self::Log(_) | Self::Render(_) | Self::Bug(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -56,7 +61,7 @@ impl AppError {
             _ if self.is_unavailable() => {
                 "The database is unavailable right now. Please retry in a few seconds.".into()
             }
-            Self::Db(_) | Self::Log(_) | Self::Render(_) => {
+            Self::Db(_) | Self::Log(_) | Self::Render(_) | Self::Bug(_) => {
                 "Something went wrong on our side. It has been logged.".into()
             }
         }

@@ -3,29 +3,30 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
 
+use super::error::AppError;
 use crate::session::{Pending, Visit};
 use crate::state::AppState;
 
 /// Loads the request's session from Redis; never fails for Redis being down (see
 /// [`Visit::open`]).
 impl FromRequestParts<AppState> for Visit {
-    type Rejection = (StatusCode, &'static str);
+    type Rejection = AppError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        // Only a router built without `session::save` lacks it: a bug, logged, not shown.
-        let pending = parts.extensions.get::<Pending>().cloned().ok_or_else(|| {
-            tracing::error!("the session middleware (session::save) is not installed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Something went wrong on our side. It has been logged.",
-            )
-        })?;
+        // Only a router built without `session::save` lacks it.
+        let pending = parts
+            .extensions
+            .get::<Pending>()
+            .cloned()
+            .ok_or(AppError::Bug(
+                "the session middleware (session::save) is not installed",
+            ))?;
         let config = &state.config.session;
         Ok(Visit::open(&parts.headers, &state.sessions, config, pending).await)
     }

@@ -119,7 +119,8 @@ class Client:
     def page(self):
         status, body = self.get("/")
         assert status == 200
-        return {name: field(body, name) for name in ["instance", "read-node", "visits", "freshness"]}
+        names = ["instance", "read-node", "read-reason", "visits", "freshness"]
+        return {name: field(body, name) for name in names}
 
 
 class Load:
@@ -229,11 +230,16 @@ def test_thirty_visits_of_one_session_spread_over_instances_and_read_the_replica
     instances = collections.Counter(p["instance"] for p in pages)
     visits = [int(p["visits"]) for p in pages]
     nodes = collections.Counter(p["read-node"] for p in pages)
-    report("thirty_visits", instances=len(instances), nodes=dict(nodes))
+    elsewhere = [p["read-reason"] for p in pages if p["read-node"] != "replica1"]
+    report("thirty_visits", instances=len(instances), nodes=dict(nodes), elsewhere=elsewhere)
     assert len(instances) >= 2, instances
     assert set(instances) <= web_instances(), (instances, web_instances())
     assert visits == list(range(visits[0], visits[0] + 30)), visits
-    assert nodes == {"replica1": 30}, nodes
+    # Causal mode: a read waits CAUSAL_WAIT_MS for the replica to replay the visit's own write,
+    # then goes to the primary. On a busy machine (the native tiers run beside this phase) an
+    # odd wait can run out; any other way to the primary is a failure.
+    assert all(r.startswith("primary: no replica had caught up within") for r in elsewhere), elsewhere
+    assert nodes["replica1"] >= 27, nodes
 
 
 def set_apply_delay(ms):

@@ -117,6 +117,43 @@ async fn with_redis_stopped_pages_still_work_and_never_read_stale() {
     .await;
 }
 
+/// A Redis that takes commands but answers none (stalled, or cut off without a reset) costs
+/// a page at most `REDIS_TIMEOUT_MS` for each Redis call and its session, never a hang: the
+/// session store bounds every call itself.
+#[tokio::test]
+async fn a_frozen_redis_costs_a_page_its_session_never_a_hang() {
+    let stack = common::Stack::get();
+    let returning = client();
+    // Every instance connected first: connecting is bounded apart (the connect timeout).
+    for n in 1..=stack.web {
+        let (status, _) = get_page(&returning, &stack.web_url(n)).await;
+        assert_eq!(status, 200, "web{n} reaches Redis first");
+    }
+    let frozen = stack.frozen("redis");
+    let fresh = client();
+    for n in 1..=stack.web {
+        for (who, c) in [("a returning visitor", &returning), ("a new one", &fresh)] {
+            let started = Instant::now();
+            let (status, page) = get_page(c, &stack.web_url(n)).await;
+            let took = started.elapsed();
+            assert_eq!(status, 200, "web{n}, {who}: {page}");
+            assert!(page.contains("<table id=\"log\">"), "web{n}, {who}: {page}");
+            // One or two Redis calls, each waiting out REDIS_TIMEOUT_MS.
+            assert!(took < Duration::from_secs(2), "web{n}, {who}: {took:?}");
+        }
+    }
+    drop(frozen);
+    eventually(
+        Duration::from_secs(15),
+        "sessions counted again",
+        || async {
+            let (_, page) = get_page(&fresh, &stack.url).await;
+            text_of(&page, "visits").is_some_and(|v| v.parse::<u64>().is_ok())
+        },
+    )
+    .await;
+}
+
 /// Redis can go after an instance last reached it: a new visitor's first Redis call is then
 /// the save, after the page was rendered and its row written. That costs the visit its
 /// session, never the page.

@@ -83,9 +83,11 @@ impl RedisStore {
     /// Connects lazily: the app starts while Redis is down and reconnects when it returns.
     pub fn new(config: &SessionConfig) -> Result<Self, RedisError> {
         let client = redis::Client::open(config.redis_url.expose())?;
+        // Calls are bounded by `guard`, whole (reconnection included); a response timeout of
+        // redis-rs' own would arm a second timer per call for the same bound.
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.redis_timeout))
-            .set_response_timeout(Some(config.redis_timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(config.redis_timeout);
         Ok(Self {

@@ -129,6 +129,24 @@ impl Stack {
         Stopped { stack: self, part }
     }
 
+    /// Freezes `part` with SIGSTOP until the guard drops (SIGCONT), even if the test panics:
+    /// its sockets stay open and take what is sent, but nothing answers, as with a stalled
+    /// server or a network cut that sends no reset.
+    pub fn frozen(&self, part: &'static str) -> Frozen {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(root.join("scripts/stack"))
+            .args(["pid", part])
+            .output()
+            .expect("scripts/stack runs");
+        assert!(out.status.success(), "scripts/stack pid {part}: {out:?}");
+        let pid = String::from_utf8(out.stdout)
+            .expect("a pid")
+            .trim()
+            .to_owned();
+        signal(&pid, "STOP");
+        Frozen { pid }
+    }
+
     /// Sets every replica's apply delay until the guard drops.
     pub fn delayed(&self, ms: u32) -> Delay<'_> {
         self.run(&["delay", &ms.to_string()]);
@@ -152,6 +170,24 @@ impl Drop for Stopped<'_> {
     fn drop(&mut self) {
         self.stack.run(&["start", self.part]);
     }
+}
+
+pub struct Frozen {
+    pid: String,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(&self.pid, "CONT");
+    }
+}
+
+fn signal(pid: &str, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
 
 pub struct Delay<'a> {

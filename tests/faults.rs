@@ -106,15 +106,7 @@ async fn with_redis_stopped_pages_still_work_and_never_read_stale() {
     let (status, _) = get_page(&client, &format!("{}/readyz", stack.url)).await;
     assert_eq!(status, 503);
     drop(stopped);
-    eventually(
-        Duration::from_secs(15),
-        "sessions counted again",
-        || async {
-            let (_, page) = get_page(&fresh, &stack.url).await;
-            text_of(&page, "visits").is_some_and(|v| v.parse::<u64>().is_ok())
-        },
-    )
-    .await;
+    sessions_counted_again(&stack, &fresh).await;
 }
 
 /// A Redis that takes commands but answers none (stalled, or cut off without a reset) costs
@@ -143,11 +135,16 @@ async fn a_frozen_redis_costs_a_page_its_session_never_a_hang() {
         }
     }
     drop(frozen);
+    sessions_counted_again(&stack, &fresh).await;
+}
+
+/// Waits until Redis is back for the web tier: `client`'s visits are counted again.
+async fn sessions_counted_again(stack: &common::Stack, client: &reqwest::Client) {
     eventually(
         Duration::from_secs(15),
         "sessions counted again",
         || async {
-            let (_, page) = get_page(&fresh, &stack.url).await;
+            let (_, page) = get_page(client, &stack.url).await;
             text_of(&page, "visits").is_some_and(|v| v.parse::<u64>().is_ok())
         },
     )

@@ -130,7 +130,9 @@ async fn a_frozen_redis_costs_a_page_its_session_never_a_hang() {
             let took = started.elapsed();
             assert_eq!(status, 200, "web{n}, {who}: {page}");
             assert!(page.contains("<table id=\"log\">"), "web{n}, {who}: {page}");
-            // One or two Redis calls, each waiting out REDIS_TIMEOUT_MS.
+            // The page says so rather than count a visit it cannot keep.
+            assert_eq!(text_of(&page, "visits"), Some("sessions unavailable"));
+            // One Redis call (the load, or a new visitor's check) waits out REDIS_TIMEOUT_MS.
             assert!(took < Duration::from_secs(2), "web{n}, {who}: {took:?}");
         }
     }

@@ -115,8 +115,7 @@ impl Stack {
 
     /// Runs `scripts/stack ARGS` against this stack and insists it succeeds.
     pub fn run(&self, args: &[&str]) {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new(root.join("scripts/stack"))
+        let status = stack_script()
             .args(args)
             .status()
             .expect("scripts/stack runs");
@@ -133,8 +132,7 @@ impl Stack {
     /// its sockets stay open and take what is sent, but nothing answers, as with a stalled
     /// server or a network cut that sends no reset.
     pub fn frozen(&self, part: &'static str) -> Frozen {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new(root.join("scripts/stack"))
+        let out = stack_script()
             .args(["pid", part])
             .output()
             .expect("scripts/stack runs");
@@ -180,6 +178,11 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         signal(&self.pid, "CONT");
     }
+}
+
+/// `scripts/stack`, which knows the test stack from the environment `scripts/test` sets.
+fn stack_script() -> Command {
+    Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/stack"))
 }
 
 fn signal(pid: &str, signal: &str) {

@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use common::{ExtraInstance, client, text_of};
 use rwsplit::request_log::{self, Batcher, NewEntry};
 use rwsplit_router::{Consistency, ReadContext};
@@ -185,6 +187,48 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
         !err.is_unavailable(),
         "{err}: a refused row is not an outage"
     );
+}
+
+#[tokio::test]
+async fn requests_woken_by_the_same_socket_poll_join_the_batch_being_cut() {
+    let stack = common::Stack::get();
+    let batcher = batcher(&stack);
+    let id = |n| format!("batch-poll-{}-{n}", uuid::Uuid::now_v7());
+    let log = |name: String| {
+        let batcher = batcher.clone();
+        async move {
+            let mut ctx = ReadContext::new(Consistency::Causal, None);
+            batcher.log(entry(&name), &mut ctx).await.unwrap()
+        }
+    };
+    // Four requests wait on sockets whose data has arrived, as a request waits for its
+    // session from Redis; the runtime learns of it only when it next polls its sockets.
+    let mut waiting = Vec::new();
+    for n in 0..4 {
+        let (mut tx, mut rx) = tokio::net::UnixStream::pair().unwrap();
+        tx.write_all(b"x").await.unwrap();
+        let log = log(id(n));
+        waiting.push(tokio::spawn(async move {
+            rx.read_exact(&mut [0]).await.unwrap();
+            drop(tx);
+            log.await
+        }));
+    }
+    // A fifth needs nothing and is queued at once. This test's runtime has one thread.
+    let first = tokio::spawn(log(id(4))).await.unwrap();
+    let mut logged = vec![first];
+    for request in waiting {
+        logged.push(request.await.unwrap());
+    }
+    let ids: BTreeSet<i64> = logged.iter().map(|l| l.written.id).collect();
+    for l in &logged {
+        let read = l.read.as_ref().unwrap();
+        let seen: BTreeSet<i64> = read.value.rows().iter().map(|row| row.id).collect();
+        assert!(
+            ids.is_subset(&seen),
+            "one batch: every read sees all five rows {ids:?}; this one saw {seen:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -5,10 +5,10 @@
 //! a time.
 //!
 //! One batch at a time per instance, and no timer: an idle instance writes a lone request at
-//! once, and a batch collects what arrived while the previous one was at the database. (With
-//! 32 connections through nginx, one batch at a time gave 2,380 requests/s at 4.6 requests a
-//! batch; two at a time, 1,690 at 2.5; four, 1,410 at 1.5: more in flight only splits the
-//! same load into more round trips. See BENCHMARKS.md.)
+//! once, and a batch collects what arrived while the previous one was at the database, and
+//! what the runtime's next poll of its sockets lets through. More batches in flight only split
+//! the same load into more round trips, and the web tier's cost per request falls as batches
+//! grow (BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,6 +136,9 @@ impl Batcher {
 
 async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
     while let Some(first) = queue.recv().await {
+        // Let the runtime poll its sockets and run what they woke before the batch is cut:
+        // requests whose session just loaded join this batch rather than wait for the next.
+        tokio::task::yield_now().await;
         let mut jobs = Vec::with_capacity(max_rows);
         let mut next = Some(first);
         while let Some(job) = next {

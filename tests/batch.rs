@@ -189,6 +189,8 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
     );
 }
 
+/// Holds the batcher's one yield to what Tokio does with it (not a promise of its docs): a
+/// failure after a Tokio upgrade means batches no longer wait for the sockets' poll.
 #[tokio::test]
 async fn requests_woken_by_the_same_socket_poll_join_the_batch_being_cut() {
     let stack = common::Stack::get();

@@ -138,6 +138,9 @@ async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
     while let Some(first) = queue.recv().await {
         // Let the runtime poll its sockets and run what they woke before the batch is cut:
         // requests whose session just loaded join this batch rather than wait for the next.
+        // Tokio resumes a yielded task after its next driver poll (tokio-rs/tokio#5223); its
+        // docs do not promise that order, and only batch sizes depend on it (tests/batch.rs
+        // notices if an upgrade changes it).
         tokio::task::yield_now().await;
         let mut jobs = Vec::with_capacity(max_rows);
         let mut next = Some(first);

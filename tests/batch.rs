@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::{ExtraInstance, client, text_of};
-use rwsplit::request_log::{self, Batcher, NewEntry};
+use rwsplit::request_log::{self, Batcher, LogError, Logged, NewEntry};
 use rwsplit_router::{Consistency, ReadContext};
 
 /// `(batches, rows)` from an instance's `request_log_batch_rows` histogram.
@@ -150,6 +150,18 @@ fn batcher(stack: &common::Stack) -> Batcher {
     Batcher::spawn(Arc::new(stack.db(2)), 16, Duration::from_millis(1500))
 }
 
+/// `entry` logged through `batcher` by a new session in causal mode.
+fn log(
+    batcher: &Batcher,
+    entry: NewEntry,
+) -> impl Future<Output = Result<Logged, LogError>> + Send + 'static {
+    let batcher = batcher.clone();
+    async move {
+        let mut ctx = ReadContext::new(Consistency::Causal, None);
+        batcher.log(entry, &mut ctx).await
+    }
+}
+
 #[tokio::test]
 async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
     let stack = common::Stack::get();
@@ -158,19 +170,12 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
     // Untruncated, so the column's CHECK refuses it (the handler always truncates).
     let mut refused = entry(&id("bad"));
     refused.method = "M".repeat(100);
-    let log = |e: NewEntry| {
-        let batcher = batcher.clone();
-        async move {
-            let mut ctx = ReadContext::new(Consistency::Causal, None);
-            batcher.log(e, &mut ctx).await
-        }
-    };
     // This test's runtime has one thread: all three are queued before the batcher runs, so
     // they form one batch.
     let (good1, bad, good2) = tokio::join!(
-        log(entry(&id("good1"))),
-        log(refused),
-        log(entry(&id("good2")))
+        log(&batcher, entry(&id("good1"))),
+        log(&batcher, refused),
+        log(&batcher, entry(&id("good2")))
     );
     for good in [good1, good2] {
         let logged = good.expect("a good row beside a refused one is written");
@@ -196,28 +201,24 @@ async fn requests_woken_by_the_same_socket_poll_join_the_batch_being_cut() {
     let stack = common::Stack::get();
     let batcher = batcher(&stack);
     let id = |n| format!("batch-poll-{}-{n}", uuid::Uuid::now_v7());
-    let log = |name: String| {
-        let batcher = batcher.clone();
-        async move {
-            let mut ctx = ReadContext::new(Consistency::Causal, None);
-            batcher.log(entry(&name), &mut ctx).await.unwrap()
-        }
-    };
     // Four requests wait on sockets whose data has arrived, as a request waits for its
     // session from Redis; the runtime learns of it only when it next polls its sockets.
     let mut waiting = Vec::new();
     for n in 0..4 {
         let (mut tx, mut rx) = tokio::net::UnixStream::pair().unwrap();
         tx.write_all(b"x").await.unwrap();
-        let log = log(id(n));
+        let log = log(&batcher, entry(&id(n)));
         waiting.push(tokio::spawn(async move {
             rx.read_exact(&mut [0]).await.unwrap();
             drop(tx);
-            log.await
+            log.await.unwrap()
         }));
     }
     // A fifth needs nothing and is queued at once. This test's runtime has one thread.
-    let first = tokio::spawn(log(id(4))).await.unwrap();
+    let first = tokio::spawn(log(&batcher, entry(&id(4))))
+        .await
+        .unwrap()
+        .unwrap();
     let mut logged = vec![first];
     for request in waiting {
         logged.push(request.await.unwrap());
@@ -238,20 +239,19 @@ async fn with_the_primary_down_queued_requests_fail_with_the_batch_ahead() {
     let stack = common::Stack::get();
     let batcher = batcher(&stack);
     let _down = stack.stopped("primary");
-    let log = |name: &'static str| {
-        let batcher = batcher.clone();
+    let timed = |name: &'static str| {
+        let log = log(&batcher, entry(name));
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut ctx = ReadContext::new(Consistency::Causal, None);
-            let result = batcher.log(entry(name), &mut ctx).await;
+            let result = log.await;
             (result, started.elapsed())
         })
     };
-    let first = log("never-written-1");
+    let first = timed("never-written-1");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Queued while the first batch waits for the primary: answered when it fails, rather
     // than after an attempt of its own (which would take until about 3 s).
-    let second = log("never-written-2");
+    let second = timed("never-written-2");
     for (request, limit) in [(first, 2000), (second, 1900)] {
         let (result, took) = request.await.unwrap();
         let err = result.expect_err("no primary, no row");

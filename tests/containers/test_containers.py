@@ -25,9 +25,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = [str(ROOT / "tests/containers/compose")]
-PROJECT = os.environ.get("RWSPLIT_COMPOSE_PROJECT", "rwsplit-ci")
-# nginx's host port, as tests/containers/compose publishes it.
-URL = "http://127.0.0.1:" + os.environ.get("RWSPLIT_COMPOSE_PORT", "18090")
+# The project and nginx's host port are tests/containers/compose's to choose.
+PROJECT, PORT = subprocess.run(COMPOSE + ["settings"], capture_output=True, text=True, check=True).stdout.split()
+URL = "http://127.0.0.1:" + PORT
 # The web service's monitor interval and replica connect timeout (docker-compose.yml).
 MONITOR_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 0.25

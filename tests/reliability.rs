@@ -352,18 +352,23 @@ async fn no_password_reaches_the_logs() {
 async fn a_busy_replica_pool_is_not_mistaken_for_a_dead_replica() {
     let stack = common::Stack::get();
     // Causal reads of a write the replicas replay 500 ms late hold each replica's single
-    // connection for the 300 ms causal wait: the other reads find the pools full.
+    // connection for the 300 ms causal wait: the other reads find the pools full. The acquire
+    // timeout is short against that wait, yet long enough for a connection to open or be
+    // pinged on a loaded machine: one that does not counts as unreachable, which is not what
+    // this test is about.
     let _delay = stack.delayed(500);
     let extra = ExtraInstance::start(
         &stack,
         &[
             ("REPLICA_POOL_SIZE", "1"),
-            ("REPLICA_ACQUIRE_TIMEOUT_MS", "10"),
+            ("REPLICA_ACQUIRE_TIMEOUT_MS", "50"),
             ("READ_CONSISTENCY", "causal"),
             ("CAUSAL_WAIT_MS", "300"),
         ],
     )
     .await;
+    // Reads start once the instance has seen every replica, so each pool holds its connection.
+    common::every_replica_usable_on(&extra.url).await;
     // One session writes, then reads its write back 20 times at once. (`GET /` would not
     // do: its requests share one read per batch.)
     let session = client();

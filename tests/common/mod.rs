@@ -206,21 +206,26 @@ impl Drop for Delay<'_> {
 /// Waits until every web instance reports every replica usable: after a test that stopped
 /// replicas, each instance's monitor must have seen them back, not just one.
 pub async fn every_replica_usable(stack: &Stack) {
-    let client = client();
     for web in 1..=stack.web {
-        let url = format!("{}/readyz", stack.web_url(web));
-        eventually(
-            Duration::from_secs(20),
-            &format!("every replica usable on web{web}"),
-            || async {
-                let (_, ready) = get_json(&client, &url).await;
-                ready["replicas"]
-                    .as_array()
-                    .is_some_and(|rs| rs.iter().all(|r| r["usable"] == true))
-            },
-        )
-        .await;
+        every_replica_usable_on(&stack.web_url(web)).await;
     }
+}
+
+/// Waits, at most 20 s, until the instance at `url` reports every replica usable.
+pub async fn every_replica_usable_on(url: &str) {
+    let client = client();
+    let readyz = format!("{url}/readyz");
+    eventually(
+        Duration::from_secs(20),
+        &format!("every replica usable on {url}"),
+        || async {
+            let (_, ready) = get_json(&client, &readyz).await;
+            ready["replicas"]
+                .as_array()
+                .is_some_and(|rs| rs.iter().all(|r| r["usable"] == true))
+        },
+    )
+    .await;
 }
 
 /// A browser-like client: keeps cookies, bounded in time.

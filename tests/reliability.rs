@@ -364,6 +364,8 @@ async fn a_busy_replica_pool_is_not_mistaken_for_a_dead_replica() {
             ("REPLICA_ACQUIRE_TIMEOUT_MS", "50"),
             ("READ_CONSISTENCY", "causal"),
             ("CAUSAL_WAIT_MS", "300"),
+            // The monitor checks at least once while the pools are full.
+            ("REPLICA_CHECK_INTERVAL_MS", "100"),
         ],
     )
     .await;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rwsplit_router::{Db, DbError, ReadContext, Routed};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
-use sqlx::{FromRow, PgConnection, Row};
+use sqlx::{Column, Decode, PgConnection, Postgres, Row, Type};
 use time::OffsetDateTime;
 
 /// Longest values stored; longer ones are cut at a character boundary, never rejected.
@@ -89,17 +89,18 @@ pub struct Entry {
 
 impl Entry {
     /// The entry in `row`'s columns from `first` on, in [`entry_columns!`]'s order. By
-    /// position: a lookup by name hashes the name, for every column of every row.
-    fn from_columns(row: &PgRow, first: usize) -> Result<Self, sqlx::Error> {
+    /// position: a lookup by name hashes the name, for every column of every row. The
+    /// columns' types are checked when `check` is set ([`decode_rows`]).
+    fn from_columns(row: &PgRow, first: usize, check: bool) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            id: row.try_get(first)?,
-            at: row.try_get(first + 1)?,
-            method: row.try_get(first + 2)?,
-            path: row.try_get(first + 3)?,
-            client_addr: row.try_get(first + 4)?,
-            user_agent: row.try_get(first + 5)?,
-            instance: row.try_get(first + 6)?,
-            session_tag: row.try_get(first + 7)?,
+            id: column(row, first, check)?,
+            at: column(row, first + 1, check)?,
+            method: column(row, first + 2, check)?,
+            path: column(row, first + 3, check)?,
+            client_addr: column(row, first + 4, check)?,
+            user_agent: column(row, first + 5, check)?,
+            instance: column(row, first + 6, check)?,
+            session_tag: column(row, first + 7, check)?,
         })
     }
 
@@ -138,10 +139,36 @@ impl fmt::Display for Stamp {
     }
 }
 
-impl FromRow<'_, PgRow> for Entry {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Self::from_columns(row, 0)
+/// Column `index` of `row` as a `T`; when `check` is set, first that the column's type is
+/// one a `T` decodes from, as sqlx's `try_get` checks (by the column, so a NULL is checked
+/// too).
+fn column<'r, T>(row: &'r PgRow, index: usize, check: bool) -> Result<T, sqlx::Error>
+where
+    T: Decode<'r, Postgres> + Type<Postgres>,
+{
+    if check {
+        let ty = row.try_column(index)?.type_info();
+        if !T::compatible(ty) {
+            return Err(sqlx::Error::ColumnDecode {
+                index: index.to_string(),
+                source: sqlx::error::mismatched_types::<Postgres, T>(ty),
+            });
+        }
     }
+    row.try_get_unchecked(index)
+}
+
+/// Every row of a result, decoded by `decode`. The rows of one result share their columns,
+/// so their types are checked once, on the first row; sqlx's `try_get` would check them
+/// again for every value of every row.
+fn decode_rows<T>(
+    rows: &[PgRow],
+    decode: impl Fn(&PgRow, bool) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| decode(row, i == 0))
+        .collect()
 }
 
 /// A row as the insert returns it: with its idempotency key, to match it to its request.
@@ -151,11 +178,11 @@ struct Written {
     entry: Entry,
 }
 
-impl FromRow<'_, PgRow> for Written {
-    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+impl Written {
+    fn from_columns(row: &PgRow, check: bool) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            request_id: row.try_get(0)?,
-            entry: Entry::from_columns(row, 1)?,
+            request_id: column(row, 0, check)?,
+            entry: Entry::from_columns(row, 1, check)?,
         })
     }
 }
@@ -168,7 +195,7 @@ pub async fn insert_all(
 ) -> Result<Vec<Entry>, sqlx::Error> {
     let column = |field: fn(&NewEntry) -> &str| entries.iter().map(field).collect::<Vec<_>>();
     let request_id = column(|e| &e.request_id);
-    let inserted: Vec<Written> = sqlx::query_as(concat!(
+    let inserted = sqlx::query(concat!(
         "INSERT INTO request_log \
              (method, path, client_addr, user_agent, instance, session_tag, request_id) \
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
@@ -191,7 +218,7 @@ pub async fn insert_all(
     .bind(&request_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut by_id: HashMap<String, Entry> = inserted
+    let mut by_id: HashMap<String, Entry> = decode_rows(&inserted, Written::from_columns)?
         .into_iter()
         .map(|w| (w.request_id, w.entry))
         .collect();
@@ -202,7 +229,7 @@ pub async fn insert_all(
         .collect();
     if !retried.is_empty() {
         // A new statement, so a new snapshot: it sees the first attempts' committed rows.
-        let earlier: Vec<Written> = sqlx::query_as(concat!(
+        let earlier = sqlx::query(concat!(
             "SELECT request_id, ",
             entry_columns!(),
             " FROM request_log WHERE request_id = ANY($1)"
@@ -210,6 +237,7 @@ pub async fn insert_all(
         .bind(retried)
         .fetch_all(&mut *conn)
         .await?;
+        let earlier = decode_rows(&earlier, Written::from_columns)?;
         by_id.extend(earlier.into_iter().map(|w| (w.request_id, w.entry)));
     }
     // The same id twice in one batch is one row, returned to both.
@@ -228,14 +256,15 @@ pub async fn insert(conn: &mut PgConnection, entry: &NewEntry) -> Result<Entry, 
 }
 
 pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    let rows = sqlx::query(concat!(
         "SELECT ",
         entry_columns!(),
         " FROM request_log ORDER BY id DESC LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    decode_rows(&rows, |row, check| Entry::from_columns(row, 0, check))
 }
 
 /// The latest [`SHOWN`] rows through the read route, once, for every request that shows them.

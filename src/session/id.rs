@@ -8,27 +8,45 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use super::COOKIE;
 
 /// 128 bits from the operating system's random source, written as 32 lowercase hex digits.
-/// Unguessable, so holding one is what proves a session is yours.
+/// Unguessable, so holding one is what proves a session is yours. Kept as those digits: a
+/// request writes its id several times (the store's keys, the cookie) and never computes
+/// with it.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SessionId(u128);
+pub struct SessionId([u8; 32]);
 
 impl SessionId {
     pub fn random() -> Result<Self, getrandom::Error> {
-        random_u128().map(Self)
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)?;
+        let mut digits = [0u8; 32];
+        for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+            if let [high, low] = pair {
+                *high = HEX[usize::from(byte >> 4)];
+                *low = HEX[usize::from(byte & 0xf)];
+            }
+        }
+        Ok(Self(digits))
     }
 
     /// Only the form [`SessionId`] writes: anything else is no id at all.
     pub fn parse(s: &str) -> Option<Self> {
-        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        u128::from_str_radix(s, 16).ok().map(Self)
+        let digits: [u8; 32] = s.as_bytes().try_into().ok()?;
+        digits
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            .then_some(Self(digits))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits only, by construction.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -37,12 +55,6 @@ impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SessionId(..)")
     }
-}
-
-fn random_u128() -> Result<u128, getrandom::Error> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)?;
-    Ok(u128::from_le_bytes(bytes))
 }
 
 /// The first well-formed session id among the request's cookies.
@@ -71,7 +83,7 @@ pub(super) fn cookie(id: SessionId, ttl: Duration, secure: bool) -> HeaderValue 
 
 /// A short random label for the request log, unrelated to the session's id.
 pub(super) fn tag() -> Result<String, getrandom::Error> {
-    Ok(format!("{:08x}", random_u128()? as u32))
+    Ok(SessionId::random()?.as_str().chars().take(8).collect())
 }
 
 #[cfg(test)]

@@ -230,9 +230,9 @@ fn save_commands(
 }
 
 fn key(id: SessionId) -> String {
-    format!("{PREFIX}{id}")
+    [PREFIX, id.as_str()].concat()
 }
 
 fn token_key(id: SessionId) -> String {
-    format!("{TOKEN_PREFIX}{id}")
+    [TOKEN_PREFIX, id.as_str()].concat()
 }

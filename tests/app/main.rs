@@ -73,6 +73,38 @@ async fn a_row_comes_back_from_the_database_field_for_field() {
 }
 
 #[tokio::test]
+async fn a_column_of_another_type_fails_the_read_even_where_the_first_row_holds_null() {
+    // Column types are checked once a result, on its first row, so the check must not skip a
+    // column whose first value is NULL: bytes that happen to be UTF-8 would read as text.
+    let app = TestApp::new().await;
+    let mut db = app.admin().await;
+    let entry = |tag: Option<&str>, id: &str| NewEntry {
+        method: "GET".into(),
+        path: "/".into(),
+        client_addr: "192.0.2.7".into(),
+        user_agent: "an agent".into(),
+        instance: "an-instance".into(),
+        session_tag: tag.map(str::to_owned),
+        request_id: id.into(),
+    };
+    request_log::insert(&mut db, &entry(Some("a-tag"), "first"))
+        .await
+        .unwrap();
+    request_log::insert(&mut db, &entry(None, "second"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "ALTER TABLE request_log ALTER COLUMN session_tag TYPE bytea \
+         USING convert_to(session_tag, 'UTF8')",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let err = request_log::latest(&mut db, 2).await.unwrap_err();
+    assert!(err.to_string().contains("mismatched types"), "{err}");
+}
+
+#[tokio::test]
 async fn with_batching_off_or_on_each_request_sees_its_own_row_on_a_replica() {
     for batch in ["1", "16"] {
         let app =

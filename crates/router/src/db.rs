@@ -418,9 +418,12 @@ where
 /// Boxed: sqlx's acquire future holds a whole connection attempt, which makes it large, and
 /// unboxed it would make every future that awaits a read or a write as large, up to the
 /// handler's; such a future is copied each time it moves (into a task, into axum's box).
+/// The box is allocated first so that the optimiser builds the future in it: `Box::pin`
+/// builds it on the stack and copies it in, once an acquire.
 async fn acquire(pool_name: &str, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
     let _waiting = crate::metrics::Waiting::new(pool_name);
-    Box::pin(pool.acquire()).await
+    let slot = Box::new_uninit();
+    Box::into_pin(Box::write(slot, pool.acquire())).await
 }
 
 /// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.

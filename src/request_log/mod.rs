@@ -193,8 +193,8 @@ pub async fn insert_all(
     conn: &mut PgConnection,
     entries: &[NewEntry],
 ) -> Result<Vec<Entry>, sqlx::Error> {
-    let column = |field: fn(&NewEntry) -> &str| entries.iter().map(field).collect::<Vec<_>>();
-    let request_id = column(|e| &e.request_id);
+    let values = |field: fn(&NewEntry) -> &str| entries.iter().map(field).collect::<Vec<_>>();
+    let request_id = values(|e| &e.request_id);
     let inserted = sqlx::query(concat!(
         "INSERT INTO request_log \
              (method, path, client_addr, user_agent, instance, session_tag, request_id) \
@@ -204,11 +204,11 @@ pub async fn insert_all(
          RETURNING request_id, ",
         entry_columns!()
     ))
-    .bind(column(|e| &e.method))
-    .bind(column(|e| &e.path))
-    .bind(column(|e| &e.client_addr))
-    .bind(column(|e| &e.user_agent))
-    .bind(column(|e| &e.instance))
+    .bind(values(|e| &e.method))
+    .bind(values(|e| &e.path))
+    .bind(values(|e| &e.client_addr))
+    .bind(values(|e| &e.user_agent))
+    .bind(values(|e| &e.instance))
     .bind(
         entries
             .iter()

@@ -16,17 +16,7 @@ pub struct SessionId([u8; 32]);
 
 impl SessionId {
     pub fn random() -> Result<Self, getrandom::Error> {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)?;
-        let mut digits = [0u8; 32];
-        for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
-            if let [high, low] = pair {
-                *high = HEX[usize::from(byte >> 4)];
-                *low = HEX[usize::from(byte & 0xf)];
-            }
-        }
-        Ok(Self(digits))
+        random_hex().map(Self)
     }
 
     /// Only the form [`SessionId`] writes: anything else is no id at all.
@@ -57,6 +47,21 @@ impl fmt::Debug for SessionId {
     }
 }
 
+/// 128 bits from the operating system's random source, as 32 lowercase hex digits.
+fn random_hex() -> Result<[u8; 32], getrandom::Error> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    let mut digits = [0u8; 32];
+    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
+        if let [high, low] = pair {
+            *high = HEX[usize::from(byte >> 4)];
+            *low = HEX[usize::from(byte & 0xf)];
+        }
+    }
+    Ok(digits)
+}
+
 /// The first well-formed session id among the request's cookies.
 pub(super) fn from_cookies(headers: &HeaderMap) -> Option<SessionId> {
     headers
@@ -83,7 +88,11 @@ pub(super) fn cookie(id: SessionId, ttl: Duration, secure: bool) -> HeaderValue 
 
 /// A short random label for the request log, unrelated to the session's id.
 pub(super) fn tag() -> Result<String, getrandom::Error> {
-    Ok(SessionId::random()?.as_str().chars().take(8).collect())
+    Ok(random_hex()?
+        .iter()
+        .take(8)
+        .map(|&digit| char::from(digit))
+        .collect())
 }
 
 #[cfg(test)]
@@ -108,6 +117,20 @@ mod tests {
         ] {
             assert_eq!(SessionId::parse(bad), None, "{bad}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_tag_is_eight_lowercase_hex_digits_drawn_afresh() -> Result {
+        let first = tag()?;
+        assert_eq!(first.len(), 8, "{first}");
+        assert!(
+            first
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{first}"
+        );
+        assert_ne!(tag()?, first);
         Ok(())
     }
 

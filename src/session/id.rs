@@ -49,16 +49,13 @@ impl fmt::Debug for SessionId {
 
 /// 128 bits from the operating system's random source, as 32 lowercase hex digits.
 fn random_hex() -> Result<[u8; 32], getrandom::Error> {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
+    // uuid's encoder for the digits; the bits are all random (no version or variant set).
     let mut digits = [0u8; 32];
-    for (pair, byte) in digits.chunks_exact_mut(2).zip(bytes) {
-        if let [high, low] = pair {
-            *high = HEX[usize::from(byte >> 4)];
-            *low = HEX[usize::from(byte & 0xf)];
-        }
-    }
+    uuid::Uuid::from_bytes(bytes)
+        .simple()
+        .encode_lower(&mut digits);
     Ok(digits)
 }
 

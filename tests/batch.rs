@@ -194,6 +194,27 @@ async fn a_row_the_database_refuses_fails_alone_not_its_batch() {
     );
 }
 
+#[tokio::test]
+async fn a_batch_takes_the_html_of_the_rows_the_batch_before_it_rendered() {
+    let stack = common::Stack::get();
+    let batcher = batcher(&stack);
+    let id = |n| format!("batch-carried-{}-{n}", uuid::Uuid::now_v7());
+    let first = log(&batcher, entry(&id("first"))).await.unwrap();
+    let before = first.read.unwrap().value.html().unwrap();
+    let second = log(&batcher, entry(&id("second"))).await.unwrap();
+    let after = second.read.unwrap().value.html().unwrap();
+    let cells = |html: &[request_log::RowHtml]| {
+        html.iter()
+            .find(|row| row.id == first.written.id)
+            .map(|row| row.cells.clone())
+            .expect("the first request's row is among the latest")
+    };
+    assert!(
+        Arc::ptr_eq(&cells(&before), &cells(&after)),
+        "the second batch rendered the first request's row again"
+    );
+}
+
 /// Holds the batcher's one yield to what Tokio does with it (not a promise of its docs): a
 /// failure after a Tokio upgrade means batches no longer wait for the sockets' poll.
 #[tokio::test]

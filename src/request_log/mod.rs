@@ -4,8 +4,7 @@ mod batch;
 mod table;
 
 pub use batch::{Batcher, LogError};
-pub(crate) use table::RowHtml;
-pub use table::Table;
+pub use table::{RowHtml, Table};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -74,7 +73,7 @@ impl NewEntry {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Entry {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -267,10 +266,15 @@ pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, s
     decode_rows(&rows, |row, check| Entry::from_columns(row, 0, check))
 }
 
-/// The latest [`SHOWN`] rows through the read route, once, for every request that shows them.
-pub async fn latest_shared(db: &Db, ctx: &mut ReadContext) -> Result<Routed<Arc<Table>>, DbError> {
+/// The latest [`SHOWN`] rows through the read route, once, for every request that shows them;
+/// the rows also in `earlier` keep the HTML it rendered for them.
+pub async fn latest_shared(
+    db: &Db,
+    ctx: &mut ReadContext,
+    earlier: Option<&Table>,
+) -> Result<Routed<Arc<Table>>, DbError> {
     let read = db.read(ctx, |c| Box::pin(latest(c, SHOWN))).await?;
-    Ok(read.map(|rows| Arc::new(Table::new(rows))))
+    Ok(read.map(|rows| Arc::new(Table::new(rows, earlier))))
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

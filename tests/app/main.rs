@@ -337,6 +337,7 @@ async fn cookies_and_headers_are_locked_down() {
     );
     assert_eq!(page.headers["x-content-type-options"], "nosniff");
     assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert_eq!(page.headers["referrer-policy"], "no-referrer");
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(
         csp.contains("default-src 'none'") && !csp.contains("unsafe"),

@@ -53,7 +53,8 @@ impl IntoResponse for IndexPage {
     }
 }
 
-/// What the template writes around each row's cells: `<tr class="mine">`, `</tr>`, indentation.
+/// At most what the template writes around a row's cells: `<tr class="mine">`, `</tr>` and
+/// the indentation.
 const ROW_MARKUP: usize = 48;
 
 /// `?refresh=N` reloads the page every N seconds, from 1 to this.

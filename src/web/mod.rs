@@ -10,11 +10,14 @@ mod staleness;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 use crate::session;
 use crate::state::AppState;
@@ -26,17 +29,40 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// Set on every response, whoever sits in front of the app, unless the handler set its own.
-const SECURITY_HEADERS: [(HeaderName, &str); 4] = [
-    (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
-    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    (header::X_FRAME_OPTIONS, "DENY"),
-    (header::REFERRER_POLICY, "no-referrer"),
-];
-
 /// The whole application; tests and `serve` both start here.
 pub fn app(state: AppState) -> Router {
-    let timeout = state.config.request_timeout;
+    let saver = session::Saver::new(state.sessions.clone(), &state.config.session);
+    // One stack, given to the router once. Each `Router::layer` call wraps every route in a
+    // boxed service of its own, and a request clones each box with all the boxes inside it:
+    // a dozen separate layers cost dozens of allocations a request, one stack a few.
+    // Outermost first: the id is set first, so the trace span and the response carry it.
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.config.request_timeout,
+        ))
+        // Security headers on every response, whoever sits in front of the app.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(saver, session::save));
     Router::new()
         .route("/", get(index::index))
         .route("/test", get(staleness::page))
@@ -48,44 +74,22 @@ pub fn app(state: AppState) -> Router {
         .route("/static/style.css", get(stylesheet))
         .route("/metrics", get(metrics))
         .fallback(|| async { AppError::NotFound })
-        .layer(axum::middleware::from_fn_with_state(
-            session::Saver::new(state.sessions.clone(), &state.config.session),
-            session::save,
-        ))
-        .layer(axum::middleware::from_fn(crate::metrics::track))
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(middleware)
         .with_state(state)
-        // Outermost last: the id is set first, so the trace span and the response carry it.
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req
-                .headers()
-                .get(&REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or("-", MatchedPath::as_str);
-            tracing::info_span!("request", method = %req.method(), route, request_id = id)
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
-/// One middleware for all four headers: each layer of a router wraps every route and boxes
-/// its future per request, so one layer costs less than four.
-async fn security_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    for (name, value) in SECURITY_HEADERS {
-        headers
-            .entry(name)
-            .or_insert_with(|| HeaderValue::from_static(value));
-    }
-    response
+/// Every request's span: the layer runs after routing, so it knows the route.
+fn request_span(req: &Request) -> Span {
+    let id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("-", MatchedPath::as_str);
+    tracing::info_span!("request", method = %req.method(), route, request_id = id)
 }
 
 /// Prometheus text format. nginx keeps this path off the public port.

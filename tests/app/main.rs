@@ -210,6 +210,34 @@ async fn unknown_paths_get_a_404_page_and_a_request_id() {
     assert!(page.text.contains("There is nothing at this address."));
 }
 
+/// A request that outlives `REQUEST_TIMEOUT_MS` is answered 503 at that bound, with its request
+/// id. Here a Redis that takes connections and answers nothing holds the session's load for
+/// longer than the request may take.
+#[tokio::test]
+async fn a_request_slower_than_its_timeout_is_answered_503_at_the_bound() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis = format!("redis://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let app = TestApp::with(&[
+        ("REDIS_URL", &redis),
+        ("REDIS_TIMEOUT_MS", "10000"),
+        ("REQUEST_TIMEOUT_MS", "200"),
+    ])
+    .await;
+    let started = std::time::Instant::now();
+    let page = app.get("/").await;
+    let took = started.elapsed();
+    held.abort();
+    assert_eq!(page.status, 503, "{}", page.text);
+    assert!(page.headers.contains_key("x-request-id"));
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
 #[tokio::test]
 async fn a_forged_session_cookie_starts_a_new_session() {
     let app = TestApp::new().await;

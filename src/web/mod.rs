@@ -33,9 +33,10 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img
 pub fn app(state: AppState) -> Router {
     let saver = session::Saver::new(state.sessions.clone(), &state.config.session);
     // One stack, given to the router once. Each `Router::layer` call wraps every route in a
-    // boxed service of its own, and a request clones each box with all the boxes inside it:
-    // a dozen separate layers cost dozens of allocations a request, one stack a few.
-    // Outermost first: the id is set first, so the trace span and the response carry it.
+    // boxed service of its own, and a request clones each box with all the boxes inside it,
+    // so separate layers cost allocations that grow faster than their number (BENCHMARKS.md,
+    // tenth cut). Outermost first: the id is set first, so the trace span and the response
+    // carry it.
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))

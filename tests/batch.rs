@@ -124,17 +124,31 @@ async fn one_request_id_is_one_row_within_and_across_batches() {
     let mut primary = db.writer(&mut ctx).await.unwrap();
     let first = request_log::insert_all(&mut primary, &entries).await;
     let first = primary.finish(first).await.unwrap();
-    assert_eq!(first.len(), 3, "one row per entry, in order");
-    assert_eq!(first[0].id, first[2].id, "the repeated id shares its row");
-    assert_ne!(first[0].id, first[1].id);
-    // A retry in a later batch, next to a new request: the retry gets the first row.
+    let rows = &first.rows;
+    assert_eq!(rows.len(), 3, "one row per entry, in order");
+    assert_eq!(rows[0].id, rows[2].id, "the repeated id shares its row");
+    assert_ne!(rows[0].id, rows[1].id);
+    assert!(
+        first
+            .fresh
+            .is_some_and(|row| row == rows[0] || row == rows[1])
+    );
+    // A retry in a later batch, next to a new request: the retry gets the first row, and
+    // only the new request's row is this statement's own.
     let c = id("c");
     let entries = vec![entry(&c), entry(&b)];
     let mut primary = db.writer(&mut ctx).await.unwrap();
     let retry = request_log::insert_all(&mut primary, &entries).await;
     let retry = primary.finish(retry).await.unwrap();
-    assert_eq!(retry[1].id, first[1].id);
-    assert!(retry[0].id > first[1].id);
+    assert_eq!(retry.rows[1], rows[1]);
+    assert!(retry.rows[0].id > rows[1].id);
+    assert_eq!(retry.fresh.as_ref(), Some(&retry.rows[0]));
+    // A batch of retries alone wrote nothing: no row proves that a read saw it.
+    let mut primary = db.writer(&mut ctx).await.unwrap();
+    let again = request_log::insert_all(&mut primary, &[entry(&a)]).await;
+    let again = primary.finish(again).await.unwrap();
+    assert_eq!(again.rows, [rows[0].clone()]);
+    assert_eq!(again.fresh, None);
     let admin = stack.admin("primary").await;
     let stored: i64 =
         sqlx::query_scalar("SELECT count(*) FROM request_log WHERE request_id = ANY($1)")

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{client, get_json};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rwsplit::request_log::{self, Entry, NewEntry};
 use rwsplit::session::{Record, RedisStore, SessionData};
-use rwsplit_router::{Consistency, Lsn, ReadContext, Reason};
+use rwsplit_router::{Consistency, Db, Lsn, ReadContext, Reason};
 
 /// One replica replays at once, the other a second late: consecutive reads that land on
 /// different replicas disagree about what exists, which is where time travel happens.
@@ -183,4 +185,152 @@ async fn two_requests_of_one_session_on_two_instances_keep_the_larger_token() {
     let degraded = web2.load(id).await.unwrap().unwrap();
     assert_eq!(degraded.token, Some(Lsn(0x20)));
     web1.delete(id).await.unwrap();
+}
+
+/// The queries causal mode added to reads, by kind (`wait`, `observe`, `unseen`), as the
+/// router counted them into `metrics`.
+fn causal_queries(metrics: &PrometheusHandle) -> HashMap<String, u64> {
+    let mut kinds = HashMap::new();
+    for line in metrics.render().lines() {
+        let Some(labels) = line.strip_prefix("causal_queries_total{") else {
+            continue;
+        };
+        let (labels, count) = labels.rsplit_once("} ").unwrap();
+        let kind = labels
+            .split("kind=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        *kinds.entry(kind.to_owned()).or_default() += count.parse::<u64>().unwrap();
+    }
+    kinds
+}
+
+/// Writes one row on the primary in `ctx`, as a batch of one: the row this write created.
+async fn write_row(db: &Db, ctx: &mut ReadContext) -> Entry {
+    let entry = NewEntry {
+        method: "GET".into(),
+        path: "/causal-test".into(),
+        client_addr: "192.0.2.1".into(),
+        user_agent: "causal test".into(),
+        instance: "test".into(),
+        session_tag: None,
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let mut primary = db.writer(ctx).await.unwrap();
+    let written = request_log::insert_all(&mut primary, &[entry]).await;
+    let written = primary.finish(written).await.unwrap();
+    written.fresh.expect("a new request id writes a new row")
+}
+
+/// Waits, on a connection of its own (the router learns nothing from it), until `replica`
+/// has replayed `lsn`; returns the position it saw.
+async fn replayed(stack: &common::Stack, replica: &str, lsn: Lsn) -> Lsn {
+    let admin = stack.admin(replica).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen: Lsn = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        if seen >= lsn {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{replica} never replayed {lsn}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_read_that_shows_the_session_s_own_write_needs_no_replay_check_and_no_position_query() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _counting = metrics::set_default_local_recorder(&recorder);
+    let stack = common::Stack::get();
+    let db = stack.checked_db(1).await;
+    let mut ctx = ReadContext::new(Consistency::Causal, None);
+    let row = write_row(&db, &mut ctx).await;
+    let token = ctx.token.unwrap();
+    // replica1 has replayed the write; the router, which checked it before, does not know.
+    let seen = replayed(&stack, "replica1", token).await;
+    assert!(db.replica_statuses()[0].state.replay_lsn < Some(token));
+
+    let read = request_log::latest_shared(&db, &mut ctx, None, Some(&row))
+        .await
+        .unwrap();
+
+    assert_eq!(read.node, "replica1");
+    assert_eq!(read.reason, Reason::Replayed { waited_ms: 0 });
+    assert!(read.value.rows().contains(&row));
+    assert_eq!(
+        causal_queries(&metrics),
+        HashMap::new(),
+        "queries besides the read"
+    );
+    // The position came with the rows: the router now knows the replica this far.
+    assert!(db.replica_statuses()[0].state.replay_lsn >= Some(seen));
+    assert_eq!(ctx.token, Some(token), "the token moved back");
+}
+
+#[tokio::test]
+async fn a_read_that_misses_the_session_s_own_write_is_dropped_and_the_read_waits_as_usual() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _counting = metrics::set_default_local_recorder(&recorder);
+    let stack = common::Stack::get();
+    let db = stack.checked_db(1).await;
+    // replica1 shows the write a second after it commits: longer than the causal wait.
+    let _delay = stack.delayed_one("replica1", SLOW_REPLICA_MS);
+    let mut ctx = ReadContext::new(Consistency::Causal, None);
+    let row = write_row(&db, &mut ctx).await;
+
+    let read = request_log::latest_shared(&db, &mut ctx, None, Some(&row))
+        .await
+        .unwrap();
+
+    assert!(
+        read.value.rows().contains(&row),
+        "the session missed its own write"
+    );
+    assert_eq!(read.node, "primary");
+    assert!(
+        matches!(read.reason, Reason::CausalTimeout { .. }),
+        "{:?}",
+        read.reason
+    );
+    let queries = causal_queries(&metrics);
+    assert_eq!(queries.get("unseen"), Some(&1), "{queries:?}");
+    assert!(queries.get("wait").is_some_and(|&n| n >= 1), "{queries:?}");
+}
+
+#[tokio::test]
+async fn a_token_beyond_the_session_s_own_write_is_not_proven_by_the_write() {
+    let stack = common::Stack::get();
+    let db = stack.checked_db(1).await;
+    let admin = stack.admin("primary").await;
+    let now: Lsn = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    // The session has seen more than its write will reach (a node no replica has caught up
+    // with): the write being visible says nothing about the rest.
+    let ahead = Lsn(now.0 + (1 << 30));
+    let mut ctx = ReadContext::new(Consistency::Causal, None);
+    ctx.observe(ahead);
+    let row = write_row(&db, &mut ctx).await;
+    replayed(&stack, "replica1", ctx.last_write.unwrap().lsn.unwrap()).await;
+
+    let read = request_log::latest_shared(&db, &mut ctx, None, Some(&row))
+        .await
+        .unwrap();
+
+    assert_eq!(read.node, "primary", "a replica behind the token answered");
+    assert!(
+        matches!(read.reason, Reason::CausalTimeout { .. }),
+        "{:?}",
+        read.reason
+    );
+    assert_eq!(ctx.token, Some(ahead));
 }

@@ -107,7 +107,8 @@ impl Console {
         let rows = self
             .db
             .read_from(node, move |c| Box::pin(request_log::latest(c, limit)))
-            .await?;
+            .await?
+            .value;
         let mut out = format!("the latest {} rows, read from {node}:\n", rows.len());
         for row in rows {
             let _ = writeln!(

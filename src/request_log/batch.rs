@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout_at};
 
 use rwsplit_router::{Consistency, Db, DbError, Lsn, PRIMARY, ReadContext, WriteMark};
 
-use super::{Entry, Logged, NewEntry, SHOWN, Table};
+use super::{Inserted, Logged, NewEntry, SHOWN, Table};
 
 /// Why a batched request got no answer from its batch.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -218,7 +218,7 @@ async fn write_and_read(
         first => first,
     };
     let written = match written {
-        Ok(rows) => rows,
+        Ok(inserted) => inserted,
         Err(e) if !e.is_unavailable() && entries.len() > 1 => {
             // One row the database refuses must not fail the rows beside it.
             tracing::warn!(error = %e, rows = entries.len(), "batch insert failed; writing its rows one at a time");
@@ -234,11 +234,11 @@ async fn write_and_read(
             return if e.is_unavailable() { Err(e) } else { Ok(()) };
         }
     };
-    let read = super::latest_shared(db, &mut ctx, shown.as_deref()).await;
+    let read = super::latest_shared(db, &mut ctx, shown.as_deref(), written.fresh.as_ref()).await;
     if let Ok(read) = &read {
         *shown = Some(read.value.clone());
     }
-    for (reply, written) in replies.into_iter().zip(written) {
+    for (reply, written) in replies.into_iter().zip(written.rows) {
         let logged = Logged {
             written,
             read: read.clone(),
@@ -248,11 +248,7 @@ async fn write_and_read(
     Ok(())
 }
 
-async fn insert(
-    db: &Db,
-    ctx: &mut ReadContext,
-    entries: &[NewEntry],
-) -> Result<Vec<Entry>, DbError> {
+async fn insert(db: &Db, ctx: &mut ReadContext, entries: &[NewEntry]) -> Result<Inserted, DbError> {
     let mut primary = db.writer(ctx).await?;
     let rows = super::insert_all(&mut primary, entries).await;
     primary.finish(rows).await

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use rwsplit_router::{Db, DbError, ReadContext, Routed};
+use rwsplit_router::{BoxFuture, Db, DbError, Positioned, ReadContext, Routed};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{Column, Decode, PgConnection, Postgres, Row, Type};
@@ -35,6 +35,9 @@ macro_rules! entry_columns {
         "id, at, method, path, client_addr, user_agent, instance, session_tag"
     };
 }
+
+/// How many columns [`entry_columns!`] names.
+const ENTRY_COLUMNS: usize = 8;
 
 /// One request's row, and the latest rows read after it.
 #[derive(Debug)]
@@ -186,12 +189,22 @@ impl Written {
     }
 }
 
+/// What [`insert_all`] wrote.
+#[derive(Debug)]
+pub struct Inserted {
+    /// One row per entry, in the entries' order: a retried request's is its first attempt's.
+    pub rows: Vec<Entry>,
+    /// A row this statement created, `None` when every entry was a retry: a read that shows
+    /// it saw this write ([`latest_shared`]).
+    pub fresh: Option<Entry>,
+}
+
 /// Writes the rows in one statement, once per request id, and returns them in `entries`'
 /// order: a retried request gets the row its first attempt wrote.
 pub async fn insert_all(
     conn: &mut PgConnection,
     entries: &[NewEntry],
-) -> Result<Vec<Entry>, sqlx::Error> {
+) -> Result<Inserted, sqlx::Error> {
     let values = |field: fn(&NewEntry) -> &str| entries.iter().map(field).collect::<Vec<_>>();
     let request_id = values(|e| &e.request_id);
     let inserted = sqlx::query(concat!(
@@ -217,7 +230,9 @@ pub async fn insert_all(
     .bind(&request_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut by_id: HashMap<String, Entry> = decode_rows(&inserted, Written::from_columns)?
+    let inserted = decode_rows(&inserted, Written::from_columns)?;
+    let fresh = inserted.first().map(|w| w.entry.clone());
+    let mut by_id: HashMap<String, Entry> = inserted
         .into_iter()
         .map(|w| (w.request_id, w.entry))
         .collect();
@@ -240,41 +255,71 @@ pub async fn insert_all(
         by_id.extend(earlier.into_iter().map(|w| (w.request_id, w.entry)));
     }
     // The same id twice in one batch is one row, returned to both.
-    request_id
+    let rows = request_id
         .iter()
         .map(|id| by_id.get(*id).cloned().ok_or(sqlx::Error::RowNotFound))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Inserted { rows, fresh })
 }
 
 /// One row: [`insert_all`] with one entry.
 pub async fn insert(conn: &mut PgConnection, entry: &NewEntry) -> Result<Entry, sqlx::Error> {
     insert_all(conn, std::slice::from_ref(entry))
         .await?
+        .rows
         .pop()
         .ok_or(sqlx::Error::RowNotFound)
 }
 
-pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, sqlx::Error> {
+/// The latest `limit` rows, newest first, and the answering node's WAL position, read in the
+/// same statement (for a causal session's token).
+pub async fn latest(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Positioned<Vec<Entry>>, sqlx::Error> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         entry_columns!(),
+        ", ",
+        rwsplit_router::node_position!(),
         " FROM request_log ORDER BY id DESC LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    decode_rows(&rows, |row, check| Entry::from_columns(row, 0, check))
+    let position = match rows.first() {
+        Some(row) => column(row, ENTRY_COLUMNS, true)?,
+        None => None,
+    };
+    Ok(Positioned {
+        value: decode_rows(&rows, |row, check| Entry::from_columns(row, 0, check))?,
+        position,
+    })
 }
 
 /// The latest [`SHOWN`] rows through the read route, once, for every request that shows them;
-/// the rows also in `earlier` keep the HTML it rendered for them.
+/// the rows also in `earlier` keep the HTML it rendered for them. `wrote` is a row this
+/// session's last write created: a read that shows it needs no replay check first.
 pub async fn latest_shared(
     db: &Db,
     ctx: &mut ReadContext,
     earlier: Option<&Table>,
+    wrote: Option<&Entry>,
 ) -> Result<Routed<Arc<Table>>, DbError> {
-    let read = db.read(ctx, |c| Box::pin(latest(c, SHOWN))).await?;
+    let read = match wrote {
+        Some(row) => {
+            db.read_after_write(ctx, latest_shown, |rows: &Vec<Entry>| rows.contains(row))
+                .await?
+        }
+        None => db.read_positioned(ctx, latest_shown).await?,
+    };
     Ok(read.map(|rows| Arc::new(Table::new(rows, earlier))))
+}
+
+fn latest_shown(
+    conn: &mut PgConnection,
+) -> BoxFuture<'_, Result<Positioned<Vec<Entry>>, sqlx::Error>> {
+    Box::pin(latest(conn, SHOWN))
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

@@ -99,7 +99,7 @@ pub async fn index(
             let mut primary = state.db.writer(&mut ctx).await?;
             let written = request_log::insert(&mut primary, &entry).await;
             let written = primary.finish(written).await?;
-            let read = request_log::latest_shared(&state.db, &mut ctx, None).await;
+            let read = request_log::latest_shared(&state.db, &mut ctx, None, None).await;
             Logged { written, read }
         }
         // Group commit: the same insert and read, each shared by the requests that arrive

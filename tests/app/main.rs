@@ -45,6 +45,11 @@ async fn a_row_comes_back_from_the_database_field_for_field() {
     };
     let written = request_log::insert(&mut db, &new).await.unwrap();
     let read = request_log::latest(&mut db, 1).await.unwrap();
+    assert!(
+        read.position.is_some(),
+        "the node's position comes with the rows"
+    );
+    let read = read.value;
     assert_eq!(read.len(), 1);
     for entry in [&written, &read[0]] {
         assert_eq!(

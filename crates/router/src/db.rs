@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::config::{Config, PoolConfig, RoutingConfig};
-use crate::consistency::{ReadContext, Reason};
+use crate::consistency::{Consistency, ReadContext, Reason};
 use crate::error::DbError;
 use crate::guard::{Reader, Writer};
 use crate::lsn::Lsn;
@@ -48,6 +48,27 @@ impl<T> Routed<T> {
             value: f(self.value),
             node: self.node,
             reason: self.reason,
+        }
+    }
+}
+
+/// A read's answer and, when the read selected it ([`node_position!`](crate::node_position)),
+/// the answering node's WAL position.
+#[derive(Clone, Debug)]
+pub struct Positioned<T> {
+    /// What the query returned.
+    pub value: T,
+    /// `None` when the statement returned no position (no rows, say): causal mode then asks
+    /// the node after the read.
+    pub position: Option<Lsn>,
+}
+
+impl<T> Positioned<T> {
+    /// An answer without its node's position.
+    pub fn unknown(value: T) -> Self {
+        Self {
+            value,
+            position: None,
         }
     }
 }
@@ -192,26 +213,121 @@ impl Db {
     /// that fails or takes longer than [`PoolConfig::replica_read_timeout`] is marked
     /// unreachable and the query runs again on the next choice: `query` may run more than
     /// once, so it must only read.
-    pub async fn read<T, F>(
+    pub async fn read<T, F>(&self, ctx: &mut ReadContext, query: F) -> Result<Routed<T>, DbError>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        self.read_as(ctx, query, Positioned::unknown).await
+    }
+
+    /// [`Db::read`] for a query that selects its node's position
+    /// ([`node_position!`](crate::node_position)), which spares causal mode its query after
+    /// the read.
+    pub async fn read_positioned<T, F>(
+        &self,
+        ctx: &mut ReadContext,
+        query: F,
+    ) -> Result<Routed<T>, DbError>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<Positioned<T>, sqlx::Error>>,
+    {
+        self.read_as(ctx, query, |answer| answer).await
+    }
+
+    /// [`Db::read_positioned`] for a read that follows the session's own write, in `ctx`, and
+    /// can tell from its answer whether it saw that write (the write's rows are in it, say):
+    /// `saw_write` says so.
+    ///
+    /// In causal mode, when the session's token is that write's own position, the read goes
+    /// to a replica at once, without first asking whether the replica has replayed the
+    /// token. An answer that shows the write was read from a snapshot taken after the
+    /// write's commit was replayed, and so after everything the session had seen before it
+    /// wrote (all of it earlier in the primary's WAL): the read is as causal as one that
+    /// waited, for one round trip. An answer that does not show it is dropped, and the read
+    /// is routed as [`Db::read_positioned`] routes it. Every other mode reads as that does.
+    ///
+    /// A write's rows prove it only if no other transaction could have written the same
+    /// rows: compare every column, not only an id a sequence may hand out again.
+    pub async fn read_after_write<T, F, S>(
         &self,
         ctx: &mut ReadContext,
         mut query: F,
+        saw_write: S,
     ) -> Result<Routed<T>, DbError>
     where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<Positioned<T>, sqlx::Error>>,
+        S: Fn(&T) -> bool,
+    {
+        if let Some(replica) = self.unchecked_replica(ctx) {
+            let limit = self.pools.replica_read_timeout;
+            let attempt = tokio::time::timeout(limit, async {
+                let mut conn = acquire(&replica.name, &replica.pool).await?;
+                let answer = query(&mut conn).await;
+                let answer = discard_if_broken(&mut conn, answer)?;
+                Ok((conn, answer))
+            })
+            .await
+            .unwrap_or_else(|_| Err(no_answer(limit)));
+            match attempt {
+                Ok((conn, answer)) if saw_write(&answer.value) => {
+                    let reason = Reason::Replayed { waited_ms: 0 };
+                    let reader = Reader::new(self, ctx, conn, Some(replica), reason);
+                    return reader.finish_positioned(Ok(answer)).await;
+                }
+                // The replica had not replayed the write yet: the usual route waits for one.
+                Ok(_) => crate::metrics::causal_query(&replica.name, "unseen"),
+                // Busy, not down: the usual route says so if it lasts.
+                Err(sqlx::Error::PoolTimedOut) => {}
+                Err(e) => match DbError::from_sqlx(&replica.name, e) {
+                    DbError::Unavailable { source, .. } => replica.mark_unreachable(&source),
+                    other => return Err(other),
+                },
+            }
+        }
+        self.read_positioned(ctx, query).await
+    }
+
+    /// The replica a [`Db::read_after_write`] may read without a replay check: in causal
+    /// mode, when the session's token is its last write's position, the first replica its
+    /// route would try, unless that one is already known to have replayed the token (then
+    /// the usual route needs no check either).
+    fn unchecked_replica(&self, ctx: &ReadContext) -> Option<&Replica> {
+        let wrote = ctx.last_write?.lsn?;
+        if ctx.mode != Consistency::Causal || ctx.token != Some(wrote) {
+            return None;
+        }
+        match self.route(ctx) {
+            Route::Replicas { order, .. } => order
+                .first()
+                .map(|&i| &self.replicas[i])
+                .filter(|replica| replica.replay_lsn() < Some(wrote)),
+            Route::Primary(_) => None,
+        }
+    }
+
+    /// The read loop of [`Db::read`] and [`Db::read_positioned`]; `split` turns what `query`
+    /// returns into the answer and its position.
+    async fn read_as<A, T, F>(
+        &self,
+        ctx: &mut ReadContext,
+        mut query: F,
+        split: fn(A) -> Positioned<T>,
+    ) -> Result<Routed<T>, DbError>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<A, sqlx::Error>>,
     {
         // Each failure marks its replica unusable, so every round routes around the last;
         // the rounds end at the primary, whose own failure is the caller's.
         for _ in 0..=self.replicas.len() {
             let mut reader = self.reader(ctx).await?;
             let Some(replica) = reader.replica() else {
-                let result = query(&mut reader).await;
-                return reader.finish(result).await;
+                let result = query(&mut reader).await.map(split);
+                return reader.finish_positioned(result).await;
             };
             let limit = self.pools.replica_read_timeout;
             let attempt = tokio::time::timeout(limit, async {
-                let result = query(&mut reader).await;
-                reader.finish(result).await
+                let result = query(&mut reader).await.map(split);
+                reader.finish_positioned(result).await
             })
             .await;
             match attempt {
@@ -222,8 +338,8 @@ impl Db {
         }
         // Only if checks kept marking failed replicas usable again meanwhile.
         let mut reader = self.primary_reader(ctx, Reason::NoUsableReplica).await?;
-        let result = query(&mut reader).await;
-        reader.finish(result).await
+        let result = query(&mut reader).await.map(split);
+        reader.finish_positioned(result).await
     }
 
     /// A connection from the primary's read-only pool, for a read routed there for `reason`.

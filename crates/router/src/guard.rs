@@ -7,7 +7,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 
 use crate::consistency::{ReadContext, Reason, WriteMark};
-use crate::db::{Db, PRIMARY, Routed, discard_if_broken, unix_millis};
+use crate::db::{Db, PRIMARY, Positioned, Routed, discard_if_broken, unix_millis};
 use crate::error::DbError;
 use crate::replica::Replica;
 
@@ -108,18 +108,35 @@ impl<'a> Reader<'a> {
     /// Takes the read's result and says where it ran. In causal mode it first takes the
     /// node's WAL position, which covers everything the read saw, into the session's token:
     /// later reads then never see less.
-    pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
+    pub async fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
+        self.finish_positioned(result.map(Positioned::unknown))
+            .await
+    }
+
+    /// [`Reader::finish`] for a read that selected its node's position in its own statement
+    /// ([`node_position!`](crate::node_position)): causal mode then takes that position
+    /// instead of asking the node again after the read.
+    pub async fn finish_positioned<T>(
+        mut self,
+        result: Result<Positioned<T>, sqlx::Error>,
+    ) -> Result<Routed<T>, DbError> {
         let replica = self.replica;
         let node = node_name(replica);
         let failed = |e| DbError::from_sqlx(node, e);
-        let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
+        let answer = discard_if_broken(&mut self.conn, result).map_err(failed)?;
         if self.ctx.tracks_reads() {
-            crate::metrics::causal_query(node, "observe");
-            let seen = match replica {
-                Some(_) => crate::lsn::replayed(&mut self.conn).await,
-                None => crate::lsn::current(&mut self.conn).await.map(Some),
+            let seen = match answer.position {
+                Some(lsn) => Some(lsn),
+                None => {
+                    crate::metrics::causal_query(node, "observe");
+                    let seen = match replica {
+                        Some(_) => crate::lsn::replayed(&mut self.conn).await,
+                        None => crate::lsn::current(&mut self.conn).await.map(Some),
+                    };
+                    discard_if_broken(&mut self.conn, seen).map_err(failed)?
+                }
             };
-            if let Some(lsn) = discard_if_broken(&mut self.conn, seen).map_err(failed)? {
+            if let Some(lsn) = seen {
                 if let Some(replica) = replica {
                     replica.note_replayed(lsn);
                 }
@@ -131,7 +148,7 @@ impl<'a> Reader<'a> {
             self.db.count_fallback();
         }
         Ok(Routed {
-            value,
+            value: answer.value,
             node: node.to_owned(),
             reason: self.reason,
         })

@@ -11,6 +11,9 @@
 //!   (in its session store): its last write and its causal token, the highest WAL position
 //!   it has observed. [`Consistency::Causal`] reads go only to a replica that has replayed
 //!   that far: read-your-writes and monotonic reads, across any number of web instances.
+//! - A read that selects its node's position ([`node_position!`], [`Db::read_positioned`])
+//!   spares causal mode its query after the read; one that follows the session's own write
+//!   and shows it ([`Db::read_after_write`]) also spares the replay check before it.
 //! - Every read says where it went and why ([`Routed`], [`Reason`]).
 //! - Metrics go through the [`metrics`](https://docs.rs/metrics) facade; install any
 //!   exporter to see them: `db_reads_total` {node, mode, reason}, `causal_queries_total`
@@ -66,7 +69,7 @@ mod route;
 
 pub use config::{Config, PoolConfig, RoutingConfig};
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
-pub use db::{BoxFuture, Db, PRIMARY, Routed};
+pub use db::{BoxFuture, Db, PRIMARY, Positioned, Routed};
 pub use error::DbError;
 pub use guard::{Reader, Writer};
 pub use lsn::Lsn;

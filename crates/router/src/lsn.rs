@@ -4,7 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::{PgConnection, Postgres};
 
 /// A WAL position (`pg_lsn`), ordered, so "has this replica replayed my write" is a comparison.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -54,23 +56,51 @@ impl TryFrom<String> for Lsn {
     }
 }
 
+/// SQL for the answering node's WAL position, as text [`Lsn`] parses: how far a replica has
+/// replayed, or the primary's current position. A read that selects it in its own statement
+/// hands it to [`Reader::finish_positioned`](crate::Reader::finish_positioned) and spares
+/// the query after the read that causal mode would otherwise make. It is evaluated as the
+/// statement runs, after the statement took its snapshot, so it covers all the read saw.
+/// A scalar subquery: PostgreSQL evaluates it once, however many rows the read returns.
+///
+/// A macro, so that it joins a query's text in `concat!`:
+/// `concat!("SELECT id, ", rwsplit_router::node_position!(), " FROM notes")`.
+#[macro_export]
+macro_rules! node_position {
+    () => {
+        "(SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text)"
+    };
+}
+
+/// Decodes the text form, as [`node_position!`] and the queries below select it.
+impl sqlx::Type<Postgres> for Lsn {
+    fn type_info() -> PgTypeInfo {
+        <str as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <str as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Lsn {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(<&str as sqlx::Decode<Postgres>>::decode(value)?.parse()?)
+    }
+}
+
 /// How far a replica has replayed; `None` on a node that is not in recovery.
 pub(crate) async fn replayed(conn: &mut PgConnection) -> Result<Option<Lsn>, sqlx::Error> {
-    let text: Option<String> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+    sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
         .fetch_one(conn)
-        .await?;
-    text.map(|t| t.parse())
-        .transpose()
-        .map_err(|e: String| sqlx::Error::Decode(e.into()))
+        .await
 }
 
 /// The primary's current WAL position: after a commit, at or past that commit's record.
 pub(crate) async fn current(conn: &mut PgConnection) -> Result<Lsn, sqlx::Error> {
-    let text: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+    sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(conn)
-        .await?;
-    text.parse()
-        .map_err(|e: String| sqlx::Error::Decode(e.into()))
+        .await
 }
 
 #[cfg(test)]

@@ -57,7 +57,8 @@ impl TryFrom<String> for Lsn {
 }
 
 /// SQL for the answering node's WAL position, as text [`Lsn`] parses: how far a replica has
-/// replayed, or the primary's current position. A read that selects it in its own statement
+/// replayed, or the primary's current position (on a primary that was once a replica, not
+/// where its replay stopped). A read that selects it in its own statement
 /// hands it to [`Reader::finish_positioned`](crate::Reader::finish_positioned) and spares
 /// the query after the read that causal mode would otherwise make. It is evaluated as the
 /// statement runs, after the statement took its snapshot, so it covers all the read saw.
@@ -68,7 +69,8 @@ impl TryFrom<String> for Lsn {
 #[macro_export]
 macro_rules! node_position {
     () => {
-        "(SELECT COALESCE(pg_last_wal_replay_lsn(), pg_current_wal_lsn())::text)"
+        "(SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                      ELSE pg_current_wal_lsn() END::text)"
     };
 }
 

@@ -316,6 +316,8 @@ pub async fn latest_shared(
     Ok(read.map(|rows| Arc::new(Table::new(rows, earlier))))
 }
 
+/// [`latest_shared`]'s query: a function rather than a closure, as one query serves two
+/// router calls and a closure's type would not carry their lifetime-generic signature.
 fn latest_shown(
     conn: &mut PgConnection,
 ) -> BoxFuture<'_, Result<Positioned<Vec<Entry>>, sqlx::Error>> {

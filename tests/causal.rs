@@ -269,9 +269,13 @@ async fn a_read_that_shows_the_session_s_own_write_needs_no_replay_check_and_no_
         HashMap::new(),
         "queries besides the read"
     );
-    // The position came with the rows: the router now knows the replica this far.
+    // The position came with the rows: the router and the session now know the replica at
+    // least this far (further if it replayed more before the read).
     assert!(db.replica_statuses()[0].state.replay_lsn >= Some(seen));
-    assert_eq!(ctx.token, Some(token), "the token moved back");
+    assert!(
+        ctx.token >= Some(seen),
+        "the token does not cover what the read saw"
+    );
 }
 
 #[tokio::test]

@@ -36,9 +36,6 @@ macro_rules! entry_columns {
     };
 }
 
-/// How many columns [`entry_columns!`] names.
-const ENTRY_COLUMNS: usize = 8;
-
 /// One request's row, and the latest rows read after it.
 #[derive(Debug)]
 pub struct Logged {
@@ -277,22 +274,23 @@ pub async fn latest(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Positioned<Vec<Entry>>, sqlx::Error> {
+    // The position first, as `Written` puts its key first: the entry's columns follow.
     let rows = sqlx::query(concat!(
         "SELECT ",
-        entry_columns!(),
-        ", ",
         rwsplit_router::node_position!(),
+        ", ",
+        entry_columns!(),
         " FROM request_log ORDER BY id DESC LIMIT $1"
     ))
     .bind(limit)
     .fetch_all(conn)
     .await?;
     let position = match rows.first() {
-        Some(row) => column(row, ENTRY_COLUMNS, true)?,
+        Some(row) => column(row, 0, true)?,
         None => None,
     };
     Ok(Positioned {
-        value: decode_rows(&rows, |row, check| Entry::from_columns(row, 0, check))?,
+        value: decode_rows(&rows, |row, check| Entry::from_columns(row, 1, check))?,
         position,
     })
 }

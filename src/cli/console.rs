@@ -106,7 +106,7 @@ impl Console {
     async fn read(&self, node: &str, limit: i64) -> Result<String, DbError> {
         let rows = self
             .db
-            .read_from(node, move |c| Box::pin(request_log::latest(c, limit)))
+            .read_from(node, move |c| Box::pin(request_log::latest(c, limit, None)))
             .await?
             .value;
         let mut out = format!("the latest {} rows, read from {node}:\n", rows.len());

@@ -234,7 +234,7 @@ async fn write_and_read(
             return if e.is_unavailable() { Err(e) } else { Ok(()) };
         }
     };
-    let read = super::latest_shared(db, &mut ctx, shown.as_deref(), written.fresh.as_ref()).await;
+    let read = super::latest_shared(db, &mut ctx, shown.clone(), written.fresh.as_ref()).await;
     if let Ok(read) = &read {
         *shown = Some(read.value.clone());
     }

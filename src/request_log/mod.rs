@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rwsplit_router::{BoxFuture, Db, DbError, Positioned, ReadContext, Routed};
 use serde::Serialize;
 use sqlx::postgres::PgRow;
-use sqlx::{Column, Decode, PgConnection, Postgres, Row, Type};
+use sqlx::{Column, Decode, PgConnection, Postgres, Row, Type, ValueRef};
 use time::OffsetDateTime;
 
 /// Longest values stored; longer ones are cut at a character boundary, never rejected.
@@ -73,7 +73,8 @@ impl NewEntry {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// `Eq` too: two `Arc<Entry>` of one allocation are then equal without comparing their fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Entry {
     pub id: i64,
     #[serde(with = "time::serde::rfc3339")]
@@ -101,6 +102,28 @@ impl Entry {
             instance: column(row, first + 6, check)?,
             session_tag: column(row, first + 7, check)?,
         })
+    }
+
+    /// Whether `row`'s columns from `first` on, in [`entry_columns!`]'s order, hold this
+    /// entry: its strings compared as the bytes that came, without decoding or allocating.
+    /// The columns' types are not checked: call it for rows after the first, which
+    /// [`decode_rows`] checks.
+    fn is_in(&self, row: &PgRow, first: usize) -> Result<bool, sqlx::Error> {
+        let text = |i, value: Option<&str>| -> Result<bool, sqlx::Error> {
+            let raw = row.try_get_raw(first + i)?;
+            Ok(match value {
+                Some(value) => raw.as_bytes().is_ok_and(|b| b == value.as_bytes()),
+                None => raw.is_null(),
+            })
+        };
+        Ok(column::<i64>(row, first, false)? == self.id
+            && column::<OffsetDateTime>(row, first + 1, false)? == self.at
+            && text(2, Some(&self.method))?
+            && text(3, Some(&self.path))?
+            && text(4, Some(&self.client_addr))?
+            && text(5, Some(&self.user_agent))?
+            && text(6, Some(&self.instance))?
+            && text(7, self.session_tag.as_deref())?)
     }
 
     /// `HH:MM:SS.mmm`, UTC: what the table shows, written without a `String` of its own.
@@ -269,11 +292,13 @@ pub async fn insert(conn: &mut PgConnection, entry: &NewEntry) -> Result<Entry, 
 }
 
 /// The latest `limit` rows, newest first, and the answering node's WAL position, read in the
-/// same statement (for a causal session's token).
+/// same statement (for a causal session's token). A row `earlier` holds, equal in every
+/// column, is that table's entry, not decoded again: most rows of a table were in the last.
 pub async fn latest(
     conn: &mut PgConnection,
     limit: i64,
-) -> Result<Positioned<Vec<Entry>>, sqlx::Error> {
+    earlier: Option<&Table>,
+) -> Result<Positioned<Vec<Arc<Entry>>>, sqlx::Error> {
     // The position first, as `Written` puts its key first: the entry's columns follow.
     let rows = sqlx::query(concat!(
         "SELECT ",
@@ -289,8 +314,20 @@ pub async fn latest(
         Some(row) => column(row, 0, true)?,
         None => None,
     };
+    let decode = |row: &PgRow, check: bool| {
+        // Once the first row has checked the columns' types, the rest may be compared raw.
+        if !check && let Some(table) = earlier {
+            let id = column(row, 1, false)?;
+            if let Some(entry) = table.find(id)
+                && entry.is_in(row, 1)?
+            {
+                return Ok(entry.clone());
+            }
+        }
+        Entry::from_columns(row, 1, check).map(Arc::new)
+    };
     Ok(Positioned {
-        value: decode_rows(&rows, |row, check| Entry::from_columns(row, 1, check))?,
+        value: decode_rows(&rows, decode)?,
         position,
     })
 }
@@ -301,25 +338,35 @@ pub async fn latest(
 pub async fn latest_shared(
     db: &Db,
     ctx: &mut ReadContext,
-    earlier: Option<&Table>,
+    earlier: Option<Arc<Table>>,
     wrote: Option<&Entry>,
 ) -> Result<Routed<Arc<Table>>, DbError> {
+    let query = latest_shown(earlier.clone());
     let read = match wrote {
         Some(row) => {
-            db.read_after_write(ctx, latest_shown, |rows: &Vec<Entry>| rows.contains(row))
-                .await?
+            db.read_after_write(ctx, query, |rows: &Vec<Arc<Entry>>| {
+                rows.iter().any(|r| **r == *row)
+            })
+            .await?
         }
-        None => db.read_positioned(ctx, latest_shown).await?,
+        None => db.read_positioned(ctx, query).await?,
     };
-    Ok(read.map(|rows| Arc::new(Table::new(rows, earlier))))
+    Ok(read.map(|rows| Arc::new(Table::new(rows, earlier.as_deref()))))
 }
 
-/// [`latest_shared`]'s query: a function rather than a closure, as one query serves two
-/// router calls and a closure's type would not carry their lifetime-generic signature.
+/// What [`latest`] returns.
+type LatestRows = Result<Positioned<Vec<Arc<Entry>>>, sqlx::Error>;
+
+/// [`latest_shared`]'s query, made by a function: as a closure written where it is used, its
+/// type would not carry the lifetime-generic signature the router asks for. Each run owns
+/// the earlier table, as its future may outlive the call that made it.
 fn latest_shown(
-    conn: &mut PgConnection,
-) -> BoxFuture<'_, Result<Positioned<Vec<Entry>>, sqlx::Error>> {
-    Box::pin(latest(conn, SHOWN))
+    earlier: Option<Arc<Table>>,
+) -> impl for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, LatestRows> {
+    move |conn| {
+        let earlier = earlier.clone();
+        Box::pin(async move { latest(conn, SHOWN, earlier.as_deref()).await })
+    }
 }
 
 /// Cuts `s` to at most `max` bytes without splitting a character.

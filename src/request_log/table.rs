@@ -12,7 +12,7 @@ use super::Entry;
 /// The latest rows, shared by the requests that show them.
 #[derive(Debug)]
 pub struct Table {
-    rows: Box<[Entry]>,
+    rows: Box<[Arc<Entry>]>,
     /// For each row, its cells as an earlier table rendered them, if it had the same row.
     carried: Box<[Option<Arc<str>>]>,
     html: OnceLock<Arc<[RowHtml]>>,
@@ -35,15 +35,15 @@ impl Table {
     /// A table of `rows` that takes the HTML of the rows it shares with `earlier`, as far as
     /// `earlier` has rendered them. A row is shared when it is equal in every column, not
     /// only in id: ids can come again after a `TRUNCATE ... RESTART IDENTITY`.
-    pub(crate) fn new(rows: Vec<Entry>, earlier: Option<&Table>) -> Self {
-        let earlier = earlier.and_then(|t| Some((&t.rows, t.html.get()?)));
+    /// An entry [`latest`](super::latest) took from `earlier` is known equal by its address.
+    pub fn new(rows: Vec<Arc<Entry>>, earlier: Option<&Table>) -> Self {
+        let earlier = earlier.and_then(|t| Some((t, t.html.get()?)));
         let carried = rows
             .iter()
             .map(|row| {
-                let (rows, html) = earlier?;
-                // Both tables list rows newest first, as the query orders them.
-                let i = rows.binary_search_by(|e| row.id.cmp(&e.id)).ok()?;
-                (rows[i] == *row).then(|| html[i].cells.clone())
+                let (table, html) = earlier?;
+                let i = table.index(row.id)?;
+                (table.rows[i] == *row).then(|| html[i].cells.clone())
             })
             .collect();
         Self {
@@ -53,8 +53,18 @@ impl Table {
         }
     }
 
-    pub fn rows(&self) -> &[Entry] {
+    pub fn rows(&self) -> &[Arc<Entry>] {
         &self.rows
+    }
+
+    /// The row with this id, if the table has it.
+    pub(crate) fn find(&self, id: i64) -> Option<&Arc<Entry>> {
+        self.index(id).map(|i| &self.rows[i])
+    }
+
+    fn index(&self, id: i64) -> Option<usize> {
+        // Newest first, as the query orders them.
+        self.rows.binary_search_by(|e| id.cmp(&e.id)).ok()
     }
 
     /// The rows as HTML, rendered by the first request of the batch to ask for them.
@@ -87,8 +97,8 @@ mod tests {
 
     use super::{Entry, Table};
 
-    fn row(id: i64, user_agent: &str) -> Entry {
-        Entry {
+    fn row(id: i64, user_agent: &str) -> Arc<Entry> {
+        Arc::new(Entry {
             id,
             at: OffsetDateTime::UNIX_EPOCH,
             method: "GET".into(),
@@ -97,7 +107,7 @@ mod tests {
             user_agent: user_agent.into(),
             instance: "web1".into(),
             session_tag: None,
-        }
+        })
     }
 
     #[test]

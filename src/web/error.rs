@@ -21,6 +21,9 @@ pub enum AppError {
     NotFound,
     #[error("too many requests: {0}")]
     TooManyRequests(String),
+    /// The whole request ran past `REQUEST_TIMEOUT_MS`.
+    #[error("the request ran past its {} ms limit", .0.as_millis())]
+    TimedOut(std::time::Duration),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -38,6 +41,7 @@ impl AppError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TimedOut(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ if self.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Db(_) | Self::Log(_) | Self::Render(_) | Self::Bug(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -58,6 +62,9 @@ impl AppError {
         match self {
             Self::BadRequest(msg) | Self::TooManyRequests(msg) => msg.clone(),
             Self::NotFound => "There is nothing at this address.".into(),
+            Self::TimedOut(_) => {
+                "This request took too long and was stopped. Please retry in a few seconds.".into()
+            }
             _ if self.is_unavailable() => {
                 "The database is unavailable right now. Please retry in a few seconds.".into()
             }

@@ -6,22 +6,23 @@ pub mod extract;
 mod health;
 mod index;
 mod staleness;
+mod time_limit;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 use crate::session;
 use crate::state::AppState;
 use error::AppError;
+use time_limit::TimeLimitLayer;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,15 +37,12 @@ pub fn app(state: AppState) -> Router {
     // boxed service of its own, and a request clones each box with all the boxes inside it,
     // so separate layers cost allocations that grow faster than their number (BENCHMARKS.md,
     // tenth cut). Outermost first: the id is set first, so the trace span and the response
-    // carry it.
+    // carry it; the time limit is inside the headers and the metrics, so its answer has the
+    // one and counts in the other.
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.config.request_timeout,
-        ))
         // Security headers on every response, whoever sits in front of the app.
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -63,6 +61,7 @@ pub fn app(state: AppState) -> Router {
             HeaderValue::from_static("no-referrer"),
         ))
         .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(TimeLimitLayer(state.config.request_timeout))
         .layer(axum::middleware::from_fn_with_state(saver, session::save));
     Router::new()
         .route("/", get(index::index))

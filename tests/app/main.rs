@@ -12,6 +12,7 @@ use common::text_of;
 use kit::TestApp;
 use std::sync::Arc;
 
+use metrics_exporter_prometheus::PrometheusBuilder;
 use rwsplit::request_log::{self, Entry, NewEntry, Table};
 
 async fn rows(app: &TestApp) -> i64 {
@@ -291,13 +292,29 @@ async fn a_request_slower_than_its_timeout_is_answered_503_at_the_bound() {
         ("REQUEST_TIMEOUT_MS", "200"),
     ])
     .await;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _counting = metrics::set_default_local_recorder(&recorder);
     let started = std::time::Instant::now();
     let page = app.get("/").await;
     let took = started.elapsed();
+    let json = app.get("/test/read.json?id=1").await;
     held.abort();
     assert_eq!(page.status, 503, "{}", page.text);
-    assert!(page.headers.contains_key("x-request-id"));
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    // An error like any other: a page that says what happened, the headers every answer has,
+    // and a count in the metrics.
+    assert!(page.text.contains("took too long"), "{}", page.text);
+    for header in ["x-request-id", "content-security-policy", "retry-after"] {
+        assert!(page.headers.contains_key(header), "no {header}");
+    }
+    assert_eq!(json.status, 503, "{}", json.text);
+    assert!(json.text.contains(r#""status":503"#), "{}", json.text);
+    let counted = metrics.render();
+    for route in ["/", "/test/read.json"] {
+        let series = format!(r#"http_requests_total{{route="{route}",status="503"}} 1"#);
+        assert!(counted.contains(&series), "{counted}");
+    }
 }
 
 #[tokio::test]

@@ -104,10 +104,10 @@ impl Entry {
         })
     }
 
-    /// Whether `row`'s columns from `first` on, in [`entry_columns!`]'s order, hold this
-    /// entry: its strings compared as the bytes that came, without decoding or allocating.
-    /// The columns' types are not checked: call it for rows after the first, which
-    /// [`decode_rows`] checks.
+    /// Whether `row`, whose id (column `first`) is this entry's, holds this entry in the
+    /// columns after it, in [`entry_columns!`]'s order: the strings compared as the bytes that
+    /// came, without decoding or allocating. The columns' types are not checked: call it for
+    /// rows after the first, which [`decode_rows`] checks.
     fn is_in(&self, row: &PgRow, first: usize) -> Result<bool, sqlx::Error> {
         let text = |i, value: Option<&str>| -> Result<bool, sqlx::Error> {
             let raw = row.try_get_raw(first + i)?;
@@ -116,8 +116,7 @@ impl Entry {
                 None => raw.is_null(),
             })
         };
-        Ok(column::<i64>(row, first, false)? == self.id
-            && column::<OffsetDateTime>(row, first + 1, false)? == self.at
+        Ok(column::<OffsetDateTime>(row, first + 1, false)? == self.at
             && text(2, Some(&self.method))?
             && text(3, Some(&self.path))?
             && text(4, Some(&self.client_addr))?

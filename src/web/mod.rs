@@ -60,7 +60,10 @@ pub fn app(state: AppState) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::metrics::HttpSeries::default(),
+            crate::metrics::track,
+        ))
         .layer(TimeLimitLayer(state.config.request_timeout))
         .layer(axum::middleware::from_fn_with_state(saver, session::save));
     Router::new()

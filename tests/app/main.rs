@@ -318,6 +318,48 @@ async fn a_request_slower_than_its_timeout_is_answered_503_at_the_bound() {
 }
 
 #[tokio::test]
+async fn each_request_is_counted_and_timed_once_under_its_route_and_status() {
+    let app = TestApp::new().await;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _counting = metrics::set_default_local_recorder(&recorder);
+    // Two routes with the same status, one route with two statuses, and a path no route has.
+    for uri in [
+        "/healthz",
+        "/test/read.json?id=x",
+        "/healthz",
+        "/test/read.json?id=1",
+        "/readyz",
+        "/test/read.json?id=0",
+        "/healthz",
+        "/no/such/page",
+    ] {
+        app.get(uri).await;
+    }
+    let counted = metrics.render();
+    for (route, status, times) in [
+        ("/healthz", 200, 3),
+        ("/readyz", 200, 1),
+        ("/test/read.json", 400, 2),
+        ("/test/read.json", 200, 1),
+        ("unmatched", 404, 1),
+    ] {
+        let labels = format!(r#"{{route="{route}",status="{status}"}}"#);
+        for series in [
+            format!("http_requests_total{labels} {times}"),
+            format!("http_request_duration_seconds_count{labels} {times}"),
+        ] {
+            assert!(counted.contains(&series), "no {series} in\n{counted}");
+        }
+    }
+    assert_eq!(
+        counted.matches("http_requests_total{").count(),
+        5,
+        "{counted}"
+    );
+}
+
+#[tokio::test]
 async fn a_forged_session_cookie_starts_a_new_session() {
     let app = TestApp::new().await;
     for forged in [

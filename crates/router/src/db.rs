@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, Postgres};
 
 use crate::config::{Config, PoolConfig, RoutingConfig};
 use crate::consistency::{Consistency, ReadContext, Reason};
@@ -15,6 +14,7 @@ use crate::error::DbError;
 use crate::guard::{Reader, Writer};
 use crate::lsn::Lsn;
 use crate::monitor::History;
+use crate::pool::Pool;
 use crate::replica::{Replica, ReplicaStatus};
 use crate::route::{self, Misses, ReplicaView, Route};
 
@@ -26,9 +26,6 @@ pub const PRIMARY: &str = "primary";
 
 /// The read-only pool on the primary, as metrics name it.
 pub(crate) const PRIMARY_READS: &str = "primary_reads";
-
-/// Pooled connections idle this long are pinged before use; busier ones are trusted.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// A read's result, the node that answered it and why that node.
 #[derive(Clone, Debug)]
@@ -76,9 +73,9 @@ impl<T> Positioned<T> {
 /// Routed access to one primary and its replicas. Share it (`Arc<Db>`) across requests.
 #[derive(Debug)]
 pub struct Db {
-    primary: PgPool,
+    primary: Pool,
     /// The primary again, but every transaction read-only: where reads fall back.
-    primary_reads: PgPool,
+    primary_reads: Pool,
     replicas: Vec<Replica>,
     next_replica: AtomicUsize,
     fallback_reads: AtomicU64,
@@ -102,23 +99,32 @@ impl Db {
             .into_iter()
             .enumerate()
             .map(|(i, options)| {
-                let pool = pool(
+                let name = format!("replica{}", i + 1);
+                let pool = Pool::new(
+                    &name,
                     options,
                     pools.replica_size,
                     pools.replica_acquire_timeout,
                     true,
                 );
-                Replica::new(format!("replica{}", i + 1), pool)
+                Replica::new(name, pool)
             })
             .collect();
         Self {
-            primary_reads: pool(
+            primary_reads: Pool::new(
+                PRIMARY_READS,
                 primary.clone(),
                 pools.replica_size,
                 pools.acquire_timeout,
                 true,
             ),
-            primary: pool(primary, pools.primary_size, pools.acquire_timeout, false),
+            primary: Pool::new(
+                PRIMARY,
+                primary,
+                pools.primary_size,
+                pools.acquire_timeout,
+                false,
+            ),
             replicas,
             next_replica: AtomicUsize::new(0),
             fallback_reads: AtomicU64::new(0),
@@ -141,7 +147,9 @@ impl Db {
     /// A connection to the primary. Run the write on it, then hand its result to
     /// [`Writer::finish`], which records the write in `ctx` for this session's later reads.
     pub async fn writer<'a>(&self, ctx: &'a mut ReadContext) -> Result<Writer<'a>, DbError> {
-        let conn = acquire(PRIMARY, &self.primary)
+        let conn = self
+            .primary
+            .acquire()
             .await
             .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
         Ok(Writer::new(ctx, conn))
@@ -192,7 +200,7 @@ impl Db {
                         // A full pool means this instance is busy, not that the replica is
                         // down: excluding it would push every read onto the primary at the
                         // worst moment.
-                        Err(sqlx::Error::PoolTimedOut) if is_full(&replica.pool) => {
+                        Err(sqlx::Error::PoolTimedOut) if replica.pool.is_full() => {
                             misses.busy = true;
                         }
                         Err(e) => match DbError::from_sqlx(&replica.name, e) {
@@ -261,7 +269,7 @@ impl Db {
         if let Some(replica) = self.unchecked_replica(ctx) {
             let limit = self.pools.replica_read_timeout;
             let attempt = tokio::time::timeout(limit, async {
-                let mut conn = acquire(&replica.name, &replica.pool).await?;
+                let mut conn = replica.pool.acquire().await?;
                 let answer = query(&mut conn).await;
                 let answer = discard_if_broken(&mut conn, answer)?;
                 Ok((conn, answer))
@@ -348,7 +356,9 @@ impl Db {
         ctx: &'a mut ReadContext,
         reason: Reason,
     ) -> Result<Reader<'a>, DbError> {
-        let conn = acquire(PRIMARY_READS, &self.primary_reads)
+        let conn = self
+            .primary_reads
+            .acquire()
             .await
             .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
         Ok(Reader::new(self, ctx, conn, None, reason))
@@ -373,16 +383,16 @@ impl Db {
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
     {
-        let (pool_name, pool) = if node == PRIMARY {
-            (PRIMARY_READS, &self.primary_reads)
+        let pool = if node == PRIMARY {
+            &self.primary_reads
         } else {
             self.replicas
                 .iter()
                 .find(|r| r.name == node)
-                .map(|r| (r.name.as_str(), &r.pool))
+                .map(|r| &r.pool)
                 .ok_or_else(|| DbError::UnknownNode(node.to_owned()))?
         };
-        run_on(pool_name, pool, query)
+        pool.run(query)
             .await
             .map_err(|e| DbError::from_sqlx(node, e))
     }
@@ -410,12 +420,11 @@ impl Db {
 
     /// Whether the primary answers a trivial query within the acquire timeout.
     pub async fn ping_primary(&self) -> Result<(), DbError> {
-        run_on(PRIMARY, &self.primary, |c| {
-            Box::pin(sqlx::query("SELECT 1").execute(c))
-        })
-        .await
-        .map(drop)
-        .map_err(|e| DbError::from_sqlx(PRIMARY, e))
+        self.primary
+            .run(|c| Box::pin(sqlx::query("SELECT 1").execute(c)))
+            .await
+            .map(drop)
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))
     }
 
     /// Sets `db_pool_connections` {pool, state} for every pool: cheap, so call it at scrape
@@ -431,7 +440,7 @@ impl Db {
         }
     }
 
-    pub(crate) fn primary_reads(&self) -> &PgPool {
+    pub(crate) fn primary_reads(&self) -> &Pool {
         &self.primary_reads
     }
 
@@ -449,30 +458,6 @@ impl Db {
     }
 }
 
-fn pool(options: PgConnectOptions, size: u32, acquire: Duration, read_only: bool) -> PgPool {
-    let options = if read_only {
-        options.options([("default_transaction_read_only", "on")])
-    } else {
-        options
-    };
-    PgPoolOptions::new()
-        .max_connections(size)
-        .acquire_timeout(acquire)
-        .idle_timeout(Duration::from_secs(60))
-        // sqlx pings on every acquire by default: a round trip per query. Only a connection
-        // that sat idle (through a restart, say) is worth checking.
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for >= PING_IF_IDLE_FOR {
-                    conn.ping().await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect_lazy_with(options)
-}
-
 /// A connection to `replica` once it has replayed `must_replay` (when set); `None` when
 /// `deadline` passes first.
 async fn ready(
@@ -480,19 +465,12 @@ async fn ready(
     must_replay: Option<Lsn>,
     deadline: Instant,
 ) -> Result<Option<PoolConnection<Postgres>>, sqlx::Error> {
-    let mut conn = acquire(&replica.name, &replica.pool).await?;
+    let mut conn = replica.pool.acquire().await?;
     let Some(lsn) = must_replay else {
         return Ok(Some(conn));
     };
     let replayed = wait_for_replay(replica, &mut conn, lsn, deadline).await;
     Ok(discard_if_broken(&mut conn, replayed)?.then_some(conn))
-}
-
-/// Every connection the pool may open is open: a timeout then means they were all in use.
-/// (Idle ones are not excluded: one may come back between the timeout and this check.) A
-/// replica that froze with all connections open is caught by the monitor's own timed check.
-pub(crate) fn is_full(pool: &PgPool) -> bool {
-    pool.size() >= pool.options().get_max_connections()
 }
 
 /// Keeps a connection that failed as unreachable out of the pool. A server that shuts down
@@ -517,29 +495,6 @@ fn no_answer(limit: Duration) -> sqlx::Error {
         std::io::ErrorKind::TimedOut,
         format!("no answer within {} ms", limit.as_millis()),
     ))
-}
-
-/// Runs `query` on a connection from `pool`; a connection it finds broken is not pooled again.
-pub(crate) async fn run_on<T, F>(pool_name: &str, pool: &PgPool, query: F) -> Result<T, sqlx::Error>
-where
-    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
-{
-    let mut conn = acquire(pool_name, pool).await?;
-    let result = query(&mut conn).await;
-    discard_if_broken(&mut conn, result)
-}
-
-/// Acquires a connection, counting the callers waiting for one in `db_pool_waiting`.
-///
-/// Boxed: sqlx's acquire future holds a whole connection attempt, which makes it large, and
-/// unboxed it would make every future that awaits a read or a write as large, up to the
-/// handler's; such a future is copied each time it moves (into a task, into axum's box).
-/// The box is allocated first so that the optimiser builds the future in it: `Box::pin`
-/// builds it on the stack and copies it in, once an acquire.
-async fn acquire(pool_name: &str, pool: &PgPool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
-    let _waiting = crate::metrics::Waiting::new(pool_name);
-    let slot = Box::new_uninit();
-    Box::into_pin(Box::write(slot, pool.acquire())).await
 }
 
 /// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.

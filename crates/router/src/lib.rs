@@ -63,6 +63,7 @@ mod guard;
 mod lsn;
 mod metrics;
 mod monitor;
+mod pool;
 mod replica;
 mod replication;
 mod route;

@@ -1,7 +1,7 @@
 //! What the router counts, through the `metrics` facade: the application chooses the
 //! exporter. Names are listed in the crate's documentation.
 
-use metrics::{counter, gauge};
+use metrics::{Gauge, counter, gauge};
 
 use crate::consistency::{Consistency, Reason};
 use crate::replica::ReplicaState;
@@ -37,20 +37,25 @@ pub(crate) fn pool(name: &str, open: u32, idle: usize) {
         .set(f64::from(open) - idle as f64);
 }
 
+/// The gauge of callers waiting for a connection from the pool `pool`.
+pub(crate) fn waiting(pool: &str) -> Gauge {
+    gauge!("db_pool_waiting", "pool" => pool.to_owned())
+}
+
 /// Counts one caller waiting for a pooled connection while it lives. A guard, so a caller
 /// cancelled mid-wait (by a request timeout) still counts itself out.
 #[derive(Debug)]
-pub(crate) struct Waiting<'a>(&'a str);
+pub(crate) struct Waiting<'a>(&'a Gauge);
 
 impl<'a> Waiting<'a> {
-    pub(crate) fn new(pool: &'a str) -> Self {
-        gauge!("db_pool_waiting", "pool" => pool.to_owned()).increment(1.0);
-        Self(pool)
+    pub(crate) fn new(gauge: &'a Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        gauge!("db_pool_waiting", "pool" => self.0.to_owned()).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }

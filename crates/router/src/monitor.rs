@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::db::{Db, PRIMARY_READS, is_full, run_on};
+use crate::db::Db;
 use crate::lsn::Lsn;
 use crate::replica::{Observation, Replica};
 
@@ -89,7 +89,7 @@ impl Db {
                 }
                 // Every connection is busy serving reads: the replica answers; keep the last
                 // verdict.
-                Ok(Err(sqlx::Error::PoolTimedOut)) if is_full(&replica.pool) => {}
+                Ok(Err(sqlx::Error::PoolTimedOut)) if replica.pool.is_full() => {}
                 Ok(Err(e)) => replica.mark_unreachable(&e),
                 Err(_) => {
                     replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))
@@ -121,15 +121,15 @@ impl Db {
 }
 
 async fn primary_lsn(db: &Db) -> Result<Lsn, sqlx::Error> {
-    run_on(PRIMARY_READS, db.primary_reads(), |c| {
-        Box::pin(crate::lsn::current(c))
-    })
-    .await
+    db.primary_reads()
+        .run(|c| Box::pin(crate::lsn::current(c)))
+        .await
 }
 
 async fn observe(replica: &Replica) -> Result<Observation, sqlx::Error> {
-    let (in_recovery, replay, age_ms): (bool, Option<String>, Option<f64>) =
-        run_on(&replica.name, &replica.pool, |c| {
+    let (in_recovery, replay, age_ms): (bool, Option<String>, Option<f64>) = replica
+        .pool
+        .run(|c| {
             Box::pin(
                 sqlx::query_as(
                     "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \

@@ -4,17 +4,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::db::millis;
 use crate::lsn::Lsn;
+use crate::pool::Pool;
 use crate::route::ReplicaView;
 
 /// One replica's pool and last known state.
 #[derive(Debug)]
 pub(crate) struct Replica {
     pub(crate) name: String,
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Pool,
     state: Mutex<ReplicaState>,
 }
 
@@ -60,7 +60,7 @@ pub(crate) struct Observation {
 }
 
 impl Replica {
-    pub(crate) fn new(name: String, pool: PgPool) -> Self {
+    pub(crate) fn new(name: String, pool: Pool) -> Self {
         Self {
             name,
             pool,

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::db::{Db, PRIMARY, PRIMARY_READS, run_on};
+use crate::db::{Db, PRIMARY};
 use crate::error::DbError;
 
 /// One WAL sender on the primary. Lag columns are NULL while the primary is idle: there is
@@ -27,20 +27,21 @@ impl Db {
     /// The primary's replication senders (`pg_stat_replication`). Its lag columns need the
     /// `pg_monitor` role.
     pub async fn wal_senders(&self) -> Result<Vec<WalSender>, DbError> {
-        run_on(PRIMARY_READS, self.primary_reads(), |c| {
-            Box::pin(
-                sqlx::query_as(
-                    "SELECT application_name, state, \
+        self.primary_reads()
+            .run(|c| {
+                Box::pin(
+                    sqlx::query_as(
+                        "SELECT application_name, state, \
                         EXTRACT(EPOCH FROM write_lag)::float8 * 1000 AS write_lag_ms, \
                         EXTRACT(EPOCH FROM flush_lag)::float8 * 1000 AS flush_lag_ms, \
                         EXTRACT(EPOCH FROM replay_lag)::float8 * 1000 AS replay_lag_ms, \
                         pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::int8 AS bytes_behind \
                      FROM pg_stat_replication ORDER BY application_name",
+                    )
+                    .fetch_all(c),
                 )
-                .fetch_all(c),
-            )
-        })
-        .await
-        .map_err(|e| DbError::from_sqlx(PRIMARY, e))
+            })
+            .await
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))
     }
 }

@@ -48,7 +48,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 
 /// Middleware: counts and times every request by route pattern (not raw path, which would
 /// give every query string its own series) and status.
-pub async fn track(State(series): State<HttpSeries>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(State(series): State<HttpSeries>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(req).await;
@@ -62,7 +62,7 @@ pub async fn track(State(series): State<HttpSeries>, req: Request, next: Next) -
 /// than the count itself (BENCHMARKS.md, thirteenth cut). Bounded: routes are the router's
 /// patterns and `unmatched`, statuses are three digits.
 #[derive(Clone, Debug, Default)]
-pub struct HttpSeries(Arc<Mutex<Vec<Series>>>);
+pub(crate) struct HttpSeries(Arc<Mutex<Vec<Series>>>);
 
 #[derive(Debug)]
 struct Series {

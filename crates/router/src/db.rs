@@ -1,7 +1,5 @@
 //! The router: pools for the primary and every replica, and the calls that name a route.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,12 +12,9 @@ use crate::error::DbError;
 use crate::guard::{Reader, Writer};
 use crate::lsn::Lsn;
 use crate::monitor::History;
-use crate::pool::Pool;
+use crate::pool::{BoxFuture, Pool, discard_if_broken};
 use crate::replica::{Replica, ReplicaStatus};
 use crate::route::{self, Misses, ReplicaView, Route};
-
-/// The future a query closure returns, given the connection the router chose.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The primary's name in results, errors and metrics.
 pub const PRIMARY: &str = "primary";
@@ -471,22 +466,6 @@ async fn ready(
     };
     let replayed = wait_for_replay(replica, &mut conn, lsn, deadline).await;
     Ok(discard_if_broken(&mut conn, replayed)?.then_some(conn))
-}
-
-/// Keeps a connection that failed as unreachable out of the pool. A server that shuts down
-/// or restarts answers its idle connections' next query with an error (57P01) and closes
-/// them, and sqlx would pool such a connection again: under load, where connections never
-/// sit idle long enough to be pinged, request after request would fail on it.
-pub(crate) fn discard_if_broken<T>(
-    conn: &mut PoolConnection<Postgres>,
-    result: Result<T, sqlx::Error>,
-) -> Result<T, sqlx::Error> {
-    if let Err(e) = &result
-        && DbError::is_unavailable_error(e)
-    {
-        conn.close_on_drop();
-    }
-    result
 }
 
 /// A node that did not answer in time: it counts as unreachable, like a refused connection.

@@ -7,8 +7,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 
 use crate::consistency::{ReadContext, Reason, WriteMark};
-use crate::db::{Db, PRIMARY, Positioned, Routed, discard_if_broken, unix_millis};
+use crate::db::{Db, PRIMARY, Positioned, Routed, unix_millis};
 use crate::error::DbError;
+use crate::pool::discard_if_broken;
 use crate::replica::Replica;
 
 /// A connection to the primary, from [`Db::writer`]. Derefs to [`PgConnection`].

@@ -70,10 +70,11 @@ mod route;
 
 pub use config::{Config, PoolConfig, RoutingConfig};
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
-pub use db::{BoxFuture, Db, PRIMARY, Positioned, Routed};
+pub use db::{Db, PRIMARY, Positioned, Routed};
 pub use error::DbError;
 pub use guard::{Reader, Writer};
 pub use lsn::Lsn;
 pub use monitor::Monitor;
+pub use pool::BoxFuture;
 pub use replica::{ReplicaState, ReplicaStatus};
 pub use replication::WalSender;

@@ -1,7 +1,10 @@
-//! A connection pool as the router uses it: built with the router's checks, and every
-//! connection taken from it counted in `db_pool_waiting` while it is awaited.
+//! A connection pool as the router uses it: built with the router's checks, every
+//! connection taken from it counted in `db_pool_waiting` while it is awaited, and a
+//! connection that failed as unreachable kept out of it.
 
+use std::future::Future;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::time::Duration;
 
 use metrics::Gauge;
@@ -9,8 +12,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
-use crate::db::{BoxFuture, discard_if_broken};
+use crate::error::DbError;
 use crate::metrics::Waiting;
+
+/// The future a query closure returns, given the connection the router chose.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Pooled connections idle this long are pinged before use; busier ones are trusted.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
@@ -91,6 +97,22 @@ impl Pool {
     pub(crate) fn is_full(&self) -> bool {
         self.conns.size() >= self.conns.options().get_max_connections()
     }
+}
+
+/// Keeps a connection that failed as unreachable out of the pool. A server that shuts down
+/// or restarts answers its idle connections' next query with an error (57P01) and closes
+/// them, and sqlx would pool such a connection again: under load, where connections never
+/// sit idle long enough to be pinged, request after request would fail on it.
+pub(crate) fn discard_if_broken<T>(
+    conn: &mut PoolConnection<Postgres>,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    if let Err(e) = &result
+        && DbError::is_unavailable_error(e)
+    {
+        conn.close_on_drop();
+    }
+    result
 }
 
 impl Deref for Pool {

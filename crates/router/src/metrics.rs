@@ -4,7 +4,6 @@
 use metrics::{Gauge, counter, gauge};
 
 use crate::consistency::{Consistency, Reason};
-use crate::replica::ReplicaState;
 
 pub(crate) fn read(node: &str, mode: Consistency, reason: Reason) {
     counter!("db_reads_total", "node" => node.to_owned(), "mode" => mode.as_str(), "reason" => reason.kind())
@@ -18,13 +17,15 @@ pub(crate) fn causal_query(node: &str, kind: &'static str) {
     counter!("causal_queries_total", "node" => node.to_owned(), "kind" => kind).increment(1);
 }
 
-pub(crate) fn replica(name: &str, state: &ReplicaState) {
+/// A replica's last check: takes the state's figures rather than the state, so that this
+/// module, which the pools use, imports nothing that uses them.
+pub(crate) fn replica(name: &str, usable: bool, bytes_behind: Option<u64>, lag_ms: Option<u64>) {
     let name = name.to_owned();
-    gauge!("replica_usable", "replica" => name.clone()).set(f64::from(u8::from(state.usable)));
-    if let Some(bytes) = state.bytes_behind {
+    gauge!("replica_usable", "replica" => name.clone()).set(f64::from(u8::from(usable)));
+    if let Some(bytes) = bytes_behind {
         gauge!("replica_lag_bytes", "replica" => name.clone()).set(bytes as f64);
     }
-    if let Some(ms) = state.lag_ms {
+    if let Some(ms) = lag_ms {
         gauge!("replica_lag_seconds", "replica" => name).set(ms as f64 / 1000.0);
     }
 }

@@ -116,7 +116,7 @@ impl Replica {
         state.usable = false;
         state.reachable = false;
         state.problem = Some(format!("unreachable: {error}"));
-        crate::metrics::replica(&self.name, &state);
+        crate::metrics::replica(&self.name, state.usable, state.bytes_behind, state.lag_ms);
     }
 
     /// Records a successful check. `behind_for` is how long ago the primary passed the
@@ -159,6 +159,6 @@ impl Replica {
         }
         state.usable = problem.is_none();
         state.problem = problem;
-        crate::metrics::replica(&self.name, &state);
+        crate::metrics::replica(&self.name, state.usable, state.bytes_behind, state.lag_ms);
     }
 }

@@ -349,6 +349,33 @@ async fn no_password_reaches_the_logs() {
 }
 
 #[tokio::test]
+async fn a_failed_request_is_logged_with_its_request_id_and_no_terminal_colours() {
+    let stack = common::Stack::get();
+    // A primary that refuses connections: a port that was free a moment ago.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let primary = format!(
+        "postgres://rwsplit:rwsplit@{}/rwsplit",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let extra = ExtraInstance::start(&stack, &[("DATABASE_URL", primary.as_str())]).await;
+    let res = client().get(&extra.url).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let mut log = String::new();
+    eventually(Duration::from_secs(5), "the failure logged", || {
+        log = extra.log();
+        let logged = log
+            .lines()
+            .any(|line| line.contains("request failed") && line.contains(&id));
+        async move { logged }
+    })
+    .await;
+    // A file or a container's log is read by tools and people, not a terminal.
+    assert!(!log.contains('\x1b'), "escape codes in the log:\n{log}");
+}
+
+#[tokio::test]
 async fn a_busy_replica_pool_is_not_mistaken_for_a_dead_replica() {
     let stack = common::Stack::get();
     // Causal reads of a write the replicas replay 500 ms late hold each replica's single

@@ -92,7 +92,7 @@ fn request_span(req: &Request) -> Span {
         .extensions()
         .get::<MatchedPath>()
         .map_or("-", MatchedPath::as_str);
-    tracing::info_span!("request", method = %req.method(), route, request_id = id)
+    tracing::info_span!("request", method = %req.method(), route = %route, request_id = %id)
 }
 
 /// Prometheus text format. nginx keeps this path off the public port.

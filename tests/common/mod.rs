@@ -350,15 +350,19 @@ pub async fn request_rows(stack: &Stack) -> i64 {
 }
 
 /// One more web instance beside the stack's, with `overrides` in its environment; killed
-/// (it is our own child) when dropped.
+/// (it is our own child) when dropped. Its standard error goes to a file, as a deployment's does.
 pub struct ExtraInstance {
     child: tokio::process::Child,
     pub url: String,
+    log: PathBuf,
 }
 
 impl ExtraInstance {
     pub async fn start(stack: &Stack, overrides: &[(&str, &str)]) -> Self {
         let port = stack.base + 99;
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("extra-instance-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&log).expect("create the extra instance's log");
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rwsplit"))
             .arg("serve")
             .env("DATABASE_URL", stack.app_url("primary"))
@@ -372,8 +376,10 @@ impl ExtraInstance {
             // The stack has migrated; this instance's role may not change the schema anyway.
             .env("MIGRATE_ON_START", "false")
             .envs(overrides.iter().copied())
+            // Whatever the test runner's environment says about colours.
+            .env_remove("NO_COLOR")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn an extra instance");
@@ -386,12 +392,18 @@ impl ExtraInstance {
             async move { probe.get(&health).send().await.is_ok() }
         })
         .await;
-        Self { child, url }
+        Self { child, url, log }
+    }
+
+    /// What the instance has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("read the extra instance's log")
     }
 }
 
 impl Drop for ExtraInstance {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        let _ = std::fs::remove_file(&self.log);
     }
 }

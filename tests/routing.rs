@@ -4,7 +4,14 @@
 
 mod common;
 
-use rwsplit_router::{Consistency, DbError, ReadContext};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rwsplit_router::{Consistency, Db, DbError, ReadContext};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 async fn in_recovery(c: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_is_in_recovery()")
@@ -138,4 +145,123 @@ async fn the_app_role_cannot_change_the_schema_or_create_roles() {
             "{ddl}: {err}"
         );
     }
+}
+
+/// A proxy in front of `upstream` that counts the Sync messages its clients send: every round
+/// trip of PostgreSQL's extended query protocol ends with one, and sqlx's ping is one alone.
+async fn counting_syncs(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let syncs = Arc::new(AtomicUsize::new(0));
+    let counted = syncs.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = TcpStream::connect(upstream).await.unwrap();
+            let (mut from_client, to_client) = client.into_split();
+            let (from_server, mut to_server) = server.into_split();
+            tokio::spawn(copy(from_server, to_client));
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut frames = Frames::default();
+                let mut buf = vec![0; 8192];
+                while let Ok(n @ 1..) = from_client.read(&mut buf).await {
+                    counted.fetch_add(frames.syncs_in(&buf[..n]), Ordering::SeqCst);
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, syncs)
+}
+
+async fn copy(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf) {
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+}
+
+/// Splits a client's bytes into protocol messages: untyped until the startup message (an
+/// SSL request may come first), then a type byte and a length each.
+#[derive(Default)]
+struct Frames {
+    pending: Vec<u8>,
+    started: bool,
+}
+
+impl Frames {
+    const SSL_REQUEST: u32 = 80_877_103;
+
+    fn syncs_in(&mut self, bytes: &[u8]) -> usize {
+        self.pending.extend_from_slice(bytes);
+        let mut syncs = 0;
+        loop {
+            let at = usize::from(self.started);
+            let Some(len) = self.pending.get(at..at + 4) else {
+                return syncs;
+            };
+            let len = u32::from_be_bytes(len.try_into().unwrap()) as usize;
+            if self.pending.len() < at + len {
+                return syncs;
+            }
+            if self.started {
+                syncs += usize::from(self.pending[0] == b'S' && len == 4);
+            } else {
+                let code = u32::from_be_bytes(self.pending[4..8].try_into().unwrap());
+                self.started = code != Self::SSL_REQUEST;
+            }
+            self.pending.drain(..at + len);
+        }
+    }
+}
+
+/// One write and one read, each on its own pool (the primary's, and its read-only one).
+async fn write_and_read(db: &Db) {
+    let mut ctx = ReadContext::new(Consistency::Eventual, None);
+    db.write(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
+    let read = db
+        .read(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
+    assert_eq!(read.node, "primary");
+}
+
+#[tokio::test]
+async fn a_connection_used_again_at_once_costs_no_round_trip_of_its_own() {
+    let stack = common::Stack::get();
+    let primary = format!("127.0.0.1:{}", stack.base + 32).parse().unwrap();
+    let (proxy, syncs) = counting_syncs(primary).await;
+    let url = format!("postgres://rwsplit:rwsplit@{proxy}/rwsplit?sslmode=disable");
+    let db = Db::new(rwsplit_router::Config::new(url.parse().unwrap()));
+    let settled = || tokio::time::sleep(Duration::from_millis(200));
+
+    // Connections opened, statements prepared.
+    write_and_read(&db).await;
+    settled().await;
+    syncs.store(0, Ordering::SeqCst);
+    for _ in 0..10 {
+        write_and_read(&db).await;
+    }
+    settled().await;
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        20,
+        "twenty queries took more round trips than twenty"
+    );
+
+    // Idle past a second, a connection is checked again before it is used.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    syncs.store(0, Ordering::SeqCst);
+    write_and_read(&db).await;
+    settled().await;
+    assert!(
+        syncs.load(Ordering::SeqCst) > 2,
+        "idle connections were used unchecked"
+    );
+
+    // Closing waits for every connection, the spare ones too.
+    tokio::time::timeout(Duration::from_secs(5), db.close())
+        .await
+        .expect("the pools did not close");
 }

@@ -3,8 +3,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use sqlx::PgConnection;
 
 use crate::config::{Config, PoolConfig, RoutingConfig};
 use crate::consistency::{Consistency, ReadContext, Reason};
@@ -12,7 +11,7 @@ use crate::error::DbError;
 use crate::guard::{Reader, Writer};
 use crate::lsn::Lsn;
 use crate::monitor::History;
-use crate::pool::{BoxFuture, Pool, discard_if_broken};
+use crate::pool::{BoxFuture, Lease, Pool, discard_if_broken};
 use crate::replica::{Replica, ReplicaStatus};
 use crate::route::{self, Misses, ReplicaView, Route};
 
@@ -431,7 +430,7 @@ impl Db {
         ];
         let replicas = self.replicas.iter().map(|r| (r.name.as_str(), &r.pool));
         for (name, pool) in pools.into_iter().chain(replicas) {
-            crate::metrics::pool(name, pool.size(), pool.num_idle());
+            crate::metrics::pool(name, pool.size(), pool.idle());
         }
     }
 
@@ -459,7 +458,7 @@ async fn ready(
     replica: &Replica,
     must_replay: Option<Lsn>,
     deadline: Instant,
-) -> Result<Option<PoolConnection<Postgres>>, sqlx::Error> {
+) -> Result<Option<Lease>, sqlx::Error> {
     let mut conn = replica.pool.acquire().await?;
     let Some(lsn) = must_replay else {
         return Ok(Some(conn));

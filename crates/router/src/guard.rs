@@ -3,13 +3,12 @@
 
 use std::ops::{Deref, DerefMut};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres};
+use sqlx::PgConnection;
 
 use crate::consistency::{ReadContext, Reason, WriteMark};
 use crate::db::{Db, PRIMARY, Positioned, Routed, unix_millis};
 use crate::error::DbError;
-use crate::pool::discard_if_broken;
+use crate::pool::{Lease, discard_if_broken};
 use crate::replica::Replica;
 
 /// A connection to the primary, from [`Db::writer`]. Derefs to [`PgConnection`].
@@ -17,11 +16,11 @@ use crate::replica::Replica;
 #[must_use = "hand the write's result to `finish`, or the session forgets the write"]
 pub struct Writer<'a> {
     ctx: &'a mut ReadContext,
-    conn: PoolConnection<Postgres>,
+    conn: Lease,
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(ctx: &'a mut ReadContext, conn: PoolConnection<Postgres>) -> Self {
+    pub(crate) fn new(ctx: &'a mut ReadContext, conn: Lease) -> Self {
         Self { ctx, conn }
     }
 
@@ -44,6 +43,7 @@ impl<'a> Writer<'a> {
         if let Some(lsn) = lsn {
             self.ctx.observe(lsn);
         }
+        self.conn.give_back();
         Ok(value)
     }
 }
@@ -69,7 +69,7 @@ impl DerefMut for Writer<'_> {
 pub struct Reader<'a> {
     db: &'a Db,
     ctx: &'a mut ReadContext,
-    conn: PoolConnection<Postgres>,
+    conn: Lease,
     /// `None` on the primary.
     replica: Option<&'a Replica>,
     reason: Reason,
@@ -79,7 +79,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn new(
         db: &'a Db,
         ctx: &'a mut ReadContext,
-        conn: PoolConnection<Postgres>,
+        conn: Lease,
         replica: Option<&'a Replica>,
         reason: Reason,
     ) -> Self {
@@ -148,6 +148,7 @@ impl<'a> Reader<'a> {
         if self.reason.is_fallback() {
             self.db.count_fallback();
         }
+        self.conn.give_back();
         Ok(Routed {
             value: answer.value,
             node: node.to_owned(),

@@ -1,11 +1,22 @@
 //! A connection pool as the router uses it: built with the router's checks, every
-//! connection taken from it counted in `db_pool_waiting` while it is awaited, and a
-//! connection that failed as unreachable kept out of it.
+//! connection taken from it counted in `db_pool_waiting` while it is awaited, a connection
+//! that failed as unreachable kept out of it, and a spare slot in front of it.
+//!
+//! The slot: sqlx pings every connection it takes back into its pool, a round trip whatever
+//! the pool's options say. A connection whose last use finished normally is instead kept in
+//! the slot, and the next caller takes it from there without a round trip; one that sat
+//! there [`PING_IF_IDLE_FOR`], or has stayed out of sqlx's pool for [`HELD_AT_MOST`], goes
+//! back through sqlx's checks. A use that failed, or that was dropped unfinished (a timeout,
+//! an error returned early), hands its connection to sqlx as before. The next query on a
+//! connection first sends what a dropped transaction left queued (its rollback) and reads
+//! every answer still due, as sqlx does for any query, so the slot needs no round trip of
+//! its own.
 
 use std::future::Future;
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use metrics::Gauge;
 use sqlx::pool::PoolConnection;
@@ -21,6 +32,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Pooled connections idle this long are pinged before use; busier ones are trusted.
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// How long a connection may go from one use to the next through the spare slot before it
+/// goes back through sqlx's pool (its lifetime check and ping).
+const HELD_AT_MOST: Duration = Duration::from_secs(60);
+
 /// A pool and its `db_pool_waiting` gauge, registered once with the recorder: finding a
 /// labelled gauge in the recorder cost more than counting on it (BENCHMARKS.md, thirteenth
 /// cut). Derefs to [`PgPool`].
@@ -28,6 +43,7 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 pub(crate) struct Pool {
     conns: PgPool,
     waiting: Gauge,
+    spare: Arc<Spare>,
 }
 
 impl Pool {
@@ -63,20 +79,30 @@ impl Pool {
         Self {
             conns,
             waiting: crate::metrics::waiting(name),
+            spare: Arc::default(),
         }
     }
 
-    /// A connection, counting the callers waiting for one.
+    /// A connection: the spare one if it is fresh, else one from sqlx's pool, counting the
+    /// callers waiting for one.
     ///
     /// Boxed: sqlx's acquire future holds a whole connection attempt, which makes it large,
     /// and unboxed it would make every future that awaits a read or a write as large, up to
     /// the handler's; such a future is copied each time it moves (into a task, into axum's
     /// box). The box is allocated first so that the optimiser builds the future in it:
     /// `Box::pin` builds it on the stack and copies it in, once an acquire.
-    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    pub(crate) async fn acquire(&self) -> Result<Lease, sqlx::Error> {
+        if let Some(lease) = self.spare.take() {
+            return Ok(lease);
+        }
         let _waiting = Waiting::new(&self.waiting);
         let slot = Box::new_uninit();
-        Box::into_pin(Box::write(slot, self.conns.acquire())).await
+        let conn = Box::into_pin(Box::write(slot, self.conns.acquire())).await?;
+        Ok(Lease {
+            conn,
+            held_since: Instant::now(),
+            spare: self.spare.clone(),
+        })
     }
 
     /// Runs `query` on a connection from the pool; a connection it finds broken is not
@@ -87,7 +113,23 @@ impl Pool {
     {
         let mut conn = self.acquire().await?;
         let result = query(&mut conn).await;
-        discard_if_broken(&mut conn, result)
+        let result = discard_if_broken(&mut conn, result);
+        if result.is_ok() {
+            conn.give_back();
+        }
+        result
+    }
+
+    /// Connections open and idle in this pool, the spare one among them.
+    pub(crate) fn idle(&self) -> usize {
+        self.conns.num_idle() + usize::from(self.spare.holds())
+    }
+
+    /// Closes the pool, waiting for connections in use to come back. The spare goes back
+    /// first, and none is kept from then on: sqlx's close waits for every connection.
+    pub(crate) async fn close(&self) {
+        drop(self.spare.close());
+        self.conns.close().await;
     }
 
     /// Every connection the pool may open is open: a timeout then means they were all in
@@ -99,18 +141,111 @@ impl Pool {
     }
 }
 
+/// A connection taken from a [`Pool`]. [`Lease::give_back`] keeps it in the pool's spare
+/// slot; dropped instead, it goes back to sqlx's pool (or is closed, if it failed as
+/// unreachable). Derefs to [`PgConnection`].
+#[derive(Debug)]
+pub(crate) struct Lease {
+    conn: PoolConnection<Postgres>,
+    /// When it left sqlx's pool.
+    held_since: Instant,
+    spare: Arc<Spare>,
+}
+
+impl Lease {
+    /// Its use finished normally: keep it for the next caller, if the slot is free.
+    pub(crate) fn give_back(self) {
+        if self.held_since.elapsed() < HELD_AT_MOST {
+            self.spare.keep(self.conn, self.held_since);
+        }
+    }
+}
+
+impl Deref for Lease {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// A pool's spare slot: at most one connection.
+#[derive(Debug, Default)]
+struct Spare(Mutex<Slot>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    kept: Option<Kept>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    held_since: Instant,
+    idle_since: Instant,
+}
+
+impl Spare {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // Every change is one assignment: a panic elsewhere cannot leave the slot half-set.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The spare connection, if it was given back less than [`PING_IF_IDLE_FOR`] ago. One
+    /// idle longer is dropped, after the lock, back to sqlx's pool, which pings it.
+    fn take(self: &Arc<Self>) -> Option<Lease> {
+        let kept = self.lock().kept.take()?;
+        (kept.idle_since.elapsed() < PING_IF_IDLE_FOR).then(|| Lease {
+            conn: kept.conn,
+            held_since: kept.held_since,
+            spare: self.clone(),
+        })
+    }
+
+    /// Keeps `conn` unless the slot is taken or the pool closed; otherwise it is dropped,
+    /// after the lock, back to sqlx's pool.
+    fn keep(&self, conn: PoolConnection<Postgres>, held_since: Instant) {
+        let mut slot = self.lock();
+        if slot.kept.is_none() && !slot.closed {
+            slot.kept = Some(Kept {
+                conn,
+                held_since,
+                idle_since: Instant::now(),
+            });
+        }
+    }
+
+    fn holds(&self) -> bool {
+        self.lock().kept.is_some()
+    }
+
+    /// Keeps nothing from now on; returns what it held, for the caller to drop.
+    fn close(&self) -> Option<PoolConnection<Postgres>> {
+        let mut slot = self.lock();
+        slot.closed = true;
+        slot.kept.take().map(|kept| kept.conn)
+    }
+}
+
 /// Keeps a connection that failed as unreachable out of the pool. A server that shuts down
 /// or restarts answers its idle connections' next query with an error (57P01) and closes
 /// them, and sqlx would pool such a connection again: under load, where connections never
 /// sit idle long enough to be pinged, request after request would fail on it.
 pub(crate) fn discard_if_broken<T>(
-    conn: &mut PoolConnection<Postgres>,
+    conn: &mut Lease,
     result: Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
     if let Err(e) = &result
         && DbError::is_unavailable_error(e)
     {
-        conn.close_on_drop();
+        conn.conn.close_on_drop();
     }
     result
 }

@@ -265,3 +265,25 @@ async fn a_connection_used_again_at_once_costs_no_round_trip_of_its_own() {
         .await
         .expect("the pools did not close");
 }
+
+#[tokio::test]
+async fn a_connection_given_back_goes_to_a_caller_already_waiting_for_one() {
+    let stack = common::Stack::get();
+    let mut config = rwsplit_router::Config::new(stack.app_url("primary").parse().unwrap());
+    config.pools.primary_size = 1;
+    config.pools.acquire_timeout = Duration::from_secs(2);
+    let db = Arc::new(Db::new(config));
+    let write = |db: Arc<Db>, query: &'static str| async move {
+        let mut ctx = ReadContext::new(Consistency::Eventual, None);
+        db.write(&mut ctx, |c| Box::pin(sqlx::query(query).execute(c)))
+            .await
+    };
+    // The pool's one connection, held a while, then given back; meanwhile a second caller
+    // queues for it, and would wait out its acquire timeout if the slot kept it.
+    let holder = tokio::spawn(write(db.clone(), "SELECT pg_sleep(0.3)"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    write(db.clone(), "SELECT 1")
+        .await
+        .expect("the connection given back did not reach the caller waiting for it");
+    holder.await.unwrap().unwrap();
+}

@@ -15,6 +15,10 @@
 //!   spares causal mode its query after the read; one that follows the session's own write
 //!   and shows it ([`Db::read_after_write`]) also spares the replay check before it.
 //! - Every read says where it went and why ([`Routed`], [`Reason`]).
+//! - A connection whose use finished (a guard's `finish`, a closure that returned) waits in a
+//!   spare slot of its pool for the next caller, who takes it without the round trip sqlx's
+//!   pool spends checking every connection it takes back; one dropped unfinished goes back
+//!   to sqlx's pool, checks and all.
 //! - Metrics go through the [`metrics`](https://docs.rs/metrics) facade; install any
 //!   exporter to see them: `db_reads_total` {node, mode, reason}, `causal_queries_total`
 //!   {node, kind}, `replica_usable`, `replica_lag_bytes`, `replica_lag_seconds` {replica},

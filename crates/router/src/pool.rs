@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,9 @@ impl Pool {
     /// box). The box is allocated first so that the optimiser builds the future in it:
     /// `Box::pin` builds it on the stack and copies it in, once an acquire.
     pub(crate) async fn acquire(&self) -> Result<Lease, sqlx::Error> {
+        // Counted before the slot is looked at: a connection given back from then on goes to
+        // sqlx's pool, whose queue this caller may be about to join.
+        let _asking = Asking::new(&self.spare);
         if let Some(lease) = self.spare.take() {
             return Ok(lease);
         }
@@ -175,9 +179,30 @@ impl DerefMut for Lease {
     }
 }
 
-/// A pool's spare slot: at most one connection.
+/// A pool's spare slot: at most one connection, kept only while no caller is asking for one.
+/// A caller queued in sqlx's pool is served by connections given back to sqlx, never by the
+/// slot: a connection kept there while someone waited would leave them waiting for nothing.
 #[derive(Debug, Default)]
-struct Spare(Mutex<Slot>);
+struct Spare {
+    slot: Mutex<Slot>,
+    asking: AtomicUsize,
+}
+
+/// Counts a caller in [`Spare::asking`] while it is alive.
+struct Asking<'a>(&'a Spare);
+
+impl<'a> Asking<'a> {
+    fn new(spare: &'a Spare) -> Self {
+        spare.asking.fetch_add(1, Ordering::SeqCst);
+        Self(spare)
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.0.asking.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -195,7 +220,7 @@ struct Kept {
 impl Spare {
     fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
         // Every change is one assignment: a panic elsewhere cannot leave the slot half-set.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The spare connection, if it was given back less than [`PING_IF_IDLE_FOR`] ago. One
@@ -209,11 +234,13 @@ impl Spare {
         })
     }
 
-    /// Keeps `conn` unless the slot is taken or the pool closed; otherwise it is dropped,
-    /// after the lock, back to sqlx's pool.
+    /// Keeps `conn` unless the slot is taken, the pool closed or a caller is asking for a
+    /// connection; otherwise it is dropped, after the lock, back to sqlx's pool. A caller
+    /// counts itself before it looks at the slot, and this looks at the count under the
+    /// slot's lock: either that caller finds `conn` in the slot, or sqlx hands it over.
     fn keep(&self, conn: PoolConnection<Postgres>, held_since: Instant) {
         let mut slot = self.lock();
-        if slot.kept.is_none() && !slot.closed {
+        if slot.kept.is_none() && !slot.closed && self.asking.load(Ordering::SeqCst) == 0 {
             slot.kept = Some(Kept {
                 conn,
                 held_since,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rwsplit_router::{Consistency, Db, DbError, ReadContext};
+use rwsplit_router::{Consistency, Db, DbError, ReadContext, Routed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -43,6 +43,17 @@ async fn writes_reach_the_primary_and_reads_reach_a_replica() {
         );
         assert!(read.node.starts_with("replica"), "{}", read.node);
     }
+}
+
+/// A write, then a read, in one new session of `mode`.
+async fn write_then_read(db: &Db, mode: Consistency) -> Routed<bool> {
+    let mut ctx = ReadContext::new(mode, None);
+    db.write(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap();
+    db.read(&mut ctx, |c| Box::pin(in_recovery(c)))
+        .await
+        .unwrap()
 }
 
 async fn insert_through_read_route(replicas: u16) -> (String, DbError) {
@@ -101,14 +112,7 @@ async fn without_replicas_reads_say_they_used_the_primary() {
 async fn sticky_reads_are_not_counted_as_fallbacks_but_unsafe_routes_are() {
     let stack = common::Stack::get();
     let db = stack.db(stack.replicas);
-    let mut ctx = ReadContext::new(Consistency::Sticky, None);
-    db.write(&mut ctx, |c| Box::pin(in_recovery(c)))
-        .await
-        .unwrap();
-    let read = db
-        .read(&mut ctx, |c| Box::pin(in_recovery(c)))
-        .await
-        .unwrap();
+    let read = write_then_read(&db, Consistency::Sticky).await;
     assert_eq!(read.node, "primary");
     assert_eq!(read.reason.kind(), "sticky_window");
     assert_eq!(db.fallback_reads(), 0);
@@ -214,19 +218,6 @@ impl Frames {
     }
 }
 
-/// One write and one read, each on its own pool (the primary's, and its read-only one).
-async fn write_and_read(db: &Db) {
-    let mut ctx = ReadContext::new(Consistency::Eventual, None);
-    db.write(&mut ctx, |c| Box::pin(in_recovery(c)))
-        .await
-        .unwrap();
-    let read = db
-        .read(&mut ctx, |c| Box::pin(in_recovery(c)))
-        .await
-        .unwrap();
-    assert_eq!(read.node, "primary");
-}
-
 #[tokio::test]
 async fn a_connection_used_again_at_once_costs_no_round_trip_of_its_own() {
     let stack = common::Stack::get();
@@ -236,12 +227,14 @@ async fn a_connection_used_again_at_once_costs_no_round_trip_of_its_own() {
     let db = Db::new(rwsplit_router::Config::new(url.parse().unwrap()));
     let settled = || tokio::time::sleep(Duration::from_millis(200));
 
-    // Connections opened, statements prepared.
-    write_and_read(&db).await;
+    // One write and one read, each on its own pool (the primary's and its read-only one):
+    // connections opened, statements prepared.
+    let write_and_read = || write_then_read(&db, Consistency::Eventual);
+    write_and_read().await;
     settled().await;
     syncs.store(0, Ordering::SeqCst);
     for _ in 0..10 {
-        write_and_read(&db).await;
+        assert_eq!(write_and_read().await.node, "primary");
     }
     settled().await;
     assert_eq!(
@@ -253,7 +246,7 @@ async fn a_connection_used_again_at_once_costs_no_round_trip_of_its_own() {
     // Idle past a second, a connection is checked again before it is used.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     syncs.store(0, Ordering::SeqCst);
-    write_and_read(&db).await;
+    write_and_read().await;
     settled().await;
     assert!(
         syncs.load(Ordering::SeqCst) > 2,

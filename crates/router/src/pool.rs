@@ -7,7 +7,8 @@
 //! the slot, and the next caller takes it from there without a round trip; one that sat
 //! there [`PING_IF_IDLE_FOR`], or has stayed out of sqlx's pool for [`HELD_AT_MOST`], goes
 //! back through sqlx's checks. A use that failed, or that was dropped unfinished (a timeout,
-//! an error returned early), hands its connection to sqlx as before. The next query on a
+//! an error returned early), hands its connection to sqlx as before, and so does one that
+//! finishes while another caller is asking for a connection: sqlx serves its queue. The next query on a
 //! connection first sends what a dropped transaction left queued (its rollback) and reads
 //! every answer still due, as sqlx does for any query, so the slot needs no round trip of
 //! its own.

@@ -277,7 +277,10 @@ impl Db {
                     return reader.finish_positioned(Ok(answer)).await;
                 }
                 // The replica had not replayed the write yet: the usual route waits for one.
-                Ok(_) => crate::metrics::causal_query(&replica.name, "unseen"),
+                Ok((conn, _)) => {
+                    conn.give_back();
+                    crate::metrics::causal_query(&replica.name, "unseen");
+                }
                 // Busy, not down: the usual route says so if it lasts.
                 Err(sqlx::Error::PoolTimedOut) => {}
                 Err(e) => match DbError::from_sqlx(&replica.name, e) {
@@ -464,7 +467,11 @@ async fn ready(
         return Ok(Some(conn));
     };
     let replayed = wait_for_replay(replica, &mut conn, lsn, deadline).await;
-    Ok(discard_if_broken(&mut conn, replayed)?.then_some(conn))
+    if discard_if_broken(&mut conn, replayed)? {
+        return Ok(Some(conn));
+    }
+    conn.give_back();
+    Ok(None)
 }
 
 /// A node that did not answer in time: it counts as unreachable, like a refused connection.

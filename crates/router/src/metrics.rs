@@ -42,21 +42,3 @@ pub(crate) fn pool(name: &str, open: u32, idle: usize) {
 pub(crate) fn waiting(pool: &str) -> Gauge {
     gauge!("db_pool_waiting", "pool" => pool.to_owned())
 }
-
-/// Counts one caller waiting for a pooled connection while it lives. A guard, so a caller
-/// cancelled mid-wait (by a request timeout) still counts itself out.
-#[derive(Debug)]
-pub(crate) struct Waiting<'a>(&'a Gauge);
-
-impl<'a> Waiting<'a> {
-    pub(crate) fn new(gauge: &'a Gauge) -> Self {
-        gauge.increment(1.0);
-        Self(gauge)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}

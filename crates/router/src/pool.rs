@@ -8,10 +8,10 @@
 //! there [`PING_IF_IDLE_FOR`], or has stayed out of sqlx's pool for [`HELD_AT_MOST`], goes
 //! back through sqlx's checks. A use that failed, or that was dropped unfinished (a timeout,
 //! an error returned early), hands its connection to sqlx as before, and so does one that
-//! finishes while another caller is asking for a connection: sqlx serves its queue. The next query on a
-//! connection first sends what a dropped transaction left queued (its rollback) and reads
-//! every answer still due, as sqlx does for any query, so the slot needs no round trip of
-//! its own.
+//! finishes while another caller is asking for a connection: sqlx serves its queue. The next
+//! query on a connection first sends what a dropped transaction left queued (its rollback)
+//! and reads every answer still due, as sqlx does for any query, so the slot needs no round
+//! trip of its own.
 
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -26,7 +26,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::error::DbError;
-use crate::metrics::Waiting;
 
 /// The future a query closure returns, given the connection the router chose.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -96,11 +95,10 @@ impl Pool {
     pub(crate) async fn acquire(&self) -> Result<Lease, sqlx::Error> {
         // Counted before the slot is looked at: a connection given back from then on goes to
         // sqlx's pool, whose queue this caller may be about to join.
-        let _asking = Asking::new(&self.spare);
+        let _asking = Asking::new(&self.spare, &self.waiting);
         if let Some(lease) = self.spare.take() {
             return Ok(lease);
         }
-        let _waiting = Waiting::new(&self.waiting);
         let slot = Box::new_uninit();
         let conn = Box::into_pin(Box::write(slot, self.conns.acquire())).await?;
         Ok(Lease {
@@ -189,19 +187,26 @@ struct Spare {
     asking: AtomicUsize,
 }
 
-/// Counts a caller in [`Spare::asking`] while it is alive.
-struct Asking<'a>(&'a Spare);
+/// Counts a caller asking for a connection, in [`Spare::asking`] and in `db_pool_waiting`,
+/// while it lives. A guard, so a caller cancelled mid-wait (by a request timeout) still
+/// counts itself out.
+struct Asking<'a> {
+    spare: &'a Spare,
+    waiting: &'a Gauge,
+}
 
 impl<'a> Asking<'a> {
-    fn new(spare: &'a Spare) -> Self {
+    fn new(spare: &'a Spare, waiting: &'a Gauge) -> Self {
         spare.asking.fetch_add(1, Ordering::SeqCst);
-        Self(spare)
+        waiting.increment(1.0);
+        Self { spare, waiting }
     }
 }
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        self.0.asking.fetch_sub(1, Ordering::SeqCst);
+        self.spare.asking.fetch_sub(1, Ordering::SeqCst);
+        self.waiting.decrement(1.0);
     }
 }
 

@@ -5,17 +5,15 @@
 //! `request_log_batch_rows` (requests per shared insert). The router's own (reads by node
 //! and reason, replica lag, pools) are listed in `rwsplit-router`'s documentation.
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use rwsplit_router::{Consistency, Db};
+use rwsplit_router::Consistency;
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -48,62 +46,23 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 
 /// Middleware: counts and times every request by route pattern (not raw path, which would
 /// give every query string its own series) and status.
-pub(crate) async fn track(State(series): State<HttpSeries>, req: Request, next: Next) -> Response {
+pub(crate) async fn track(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    series.record(route, response.status(), started.elapsed());
+    let labels = [
+        (
+            "route",
+            route
+                .as_ref()
+                .map_or("unmatched", MatchedPath::as_str)
+                .to_owned(),
+        ),
+        ("status", response.status().as_str().to_owned()),
+    ];
+    counter!("http_requests_total", &labels).increment(1);
+    histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
     response
-}
-
-/// The request counter and timer of each route and status answered so far, each registered
-/// with the recorder once: building a labelled key and finding it in the recorder cost more
-/// than the count itself (BENCHMARKS.md, thirteenth cut). Bounded: routes are the router's
-/// patterns and `unmatched`, statuses are three digits.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct HttpSeries(Arc<Mutex<Vec<Series>>>);
-
-#[derive(Debug)]
-struct Series {
-    route: Box<str>,
-    status: StatusCode,
-    requests: Counter,
-    duration: Histogram,
-}
-
-impl HttpSeries {
-    fn record(&self, route: &str, status: StatusCode, took: Duration) {
-        // A panic elsewhere cannot leave the list half-changed: it only ever grows by a push.
-        let mut known = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let i = match known
-            .iter()
-            .position(|s| s.status == status && *s.route == *route)
-        {
-            Some(i) => i,
-            None => {
-                known.push(Series::new(route, status));
-                known.len() - 1
-            }
-        };
-        known[i].requests.increment(1);
-        known[i].duration.record(took);
-    }
-}
-
-impl Series {
-    fn new(route: &str, status: StatusCode) -> Self {
-        let labels = [
-            ("route", route.to_owned()),
-            ("status", status.as_str().to_owned()),
-        ];
-        Self {
-            route: route.into(),
-            status,
-            requests: counter!("http_requests_total", &labels),
-            duration: histogram!("http_request_duration_seconds", &labels),
-        }
-    }
 }
 
 pub fn probe_read(mode: Consistency, stale: bool) {
@@ -117,10 +76,4 @@ pub fn batch(rows: usize) {
 
 pub fn redis_error() {
     counter!("redis_errors_total").increment(1);
-}
-
-/// The text `/metrics` serves. Pool gauges are set at scrape time: cheap, and always current.
-pub fn render(handle: &PrometheusHandle, db: &Db) -> String {
-    db.record_pool_metrics();
-    handle.render()
 }

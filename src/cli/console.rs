@@ -13,6 +13,7 @@ use crate::params::whole_number;
 use crate::request_log::{self, NewEntry};
 use crate::staleness::parse_modes;
 use crate::staleness::probe::{self, MAX_PROBES};
+use crate::staleness::senders::wal_senders;
 
 const MAX_ROWS: i64 = 100;
 
@@ -106,9 +107,8 @@ impl Console {
     async fn read(&self, node: &str, limit: i64) -> Result<String, DbError> {
         let rows = self
             .db
-            .read_from(node, move |c| Box::pin(request_log::latest(c, limit, None)))
-            .await?
-            .value;
+            .read_from(node, move |c| Box::pin(request_log::latest(c, limit)))
+            .await?;
         let mut out = format!("the latest {} rows, read from {node}:\n", rows.len());
         for row in rows {
             let _ = writeln!(
@@ -128,12 +128,12 @@ impl Console {
         self.db.check_replicas().await;
         let mut out =
             String::from("replica     usable  replayed to    bytes behind  lag      problem\n");
-        for r in self.db.replica_statuses() {
-            let s = r.state;
+        let replicas = self.db.replica_statuses();
+        for s in &replicas {
             let _ = writeln!(
                 out,
                 "{:<11} {:<7} {:<14} {:<13} {:<8} {}",
-                r.name,
+                s.name,
                 if s.usable { "yes" } else { "no" },
                 s.replay_lsn
                     .map(|l| l.to_string())
@@ -144,13 +144,13 @@ impl Console {
                 s.lag_ms
                     .map(|l| format!("{l} ms"))
                     .unwrap_or_else(|| "-".into()),
-                s.problem.unwrap_or_default()
+                s.problem.as_deref().unwrap_or_default()
             );
         }
-        if !self.db.has_replicas() {
+        if replicas.is_empty() {
             out.push_str("(no replicas are configured)\n");
         }
-        match self.db.wal_senders().await {
+        match wal_senders(&self.db).await {
             Ok(senders) => {
                 out.push_str(
                     "\nthe primary's view (pg_stat_replication; lag is empty when idle):\n",
@@ -208,7 +208,11 @@ impl Console {
     async fn menu(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let mut input = BufReader::new(tokio::io::stdin()).lines();
         let mut stdout = tokio::io::stdout();
-        let nodes = self.db.node_names().join(", ");
+        let replicas = self.db.replica_statuses();
+        let nodes = std::iter::once(PRIMARY)
+            .chain(replicas.iter().map(|r| r.name.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
         loop {
             let menu = format!(
                 "\nrwsplit console ({}; nodes: {nodes})\n  \

@@ -1,6 +1,6 @@
-//! Group commit for the request log: the `GET /` requests that arrive on one instance while
-//! earlier ones are still at the database share one insert on the primary and one read
-//! through the read route. The database then sees a few round trips per batch instead of four
+//! Group commit for the request log, an optimisation on top of [`log`](super::log): the
+//! `GET /` requests that arrive on one instance while earlier ones are still at the database
+//! share one insert on the primary and one read through the read route. The database then sees a few round trips per batch instead of four
 //! per request, which is what lets the app approach a limit that pgbench measures one row at
 //! a time.
 //!
@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout_at};
 
 use rwsplit_router::{Consistency, Db, DbError, Lsn, PRIMARY, ReadContext, WriteMark};
 
-use super::{Inserted, Logged, NewEntry, SHOWN, Table};
+use super::{Entry, Logged, NewEntry, SHOWN};
 
 /// Why a batched request got no answer from its batch.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -135,8 +135,6 @@ impl Batcher {
 }
 
 async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
-    // The last table read: the next one takes the HTML of the rows it still shows.
-    let mut shown = None;
     while let Some(first) = queue.recv().await {
         // Let the runtime poll its sockets and run what they woke before the batch is cut:
         // requests whose session just loaded join this batch rather than wait for the next.
@@ -160,7 +158,7 @@ async fn collect(db: Arc<Db>, mut queue: mpsc::Receiver<Job>, max_rows: usize) {
             continue;
         }
         crate::metrics::batch(jobs.len());
-        if let Err(unreachable) = run(&db, jobs, &mut shown).await {
+        if let Err(unreachable) = run(&db, jobs).await {
             // The requests that queued meanwhile wait for the same primary that just failed
             // to answer: tell them now, rather than each waiting out one more attempt.
             while let Ok(job) = queue.try_recv() {
@@ -179,8 +177,8 @@ fn route_key(ctx: &ReadContext) -> (Consistency, bool, bool) {
 }
 
 /// Runs a batch, one group of like-routed requests at a time. `Err` when the primary could
-/// not be reached. `shown` is the last table read, before and after.
-async fn run(db: &Db, mut jobs: Vec<Job>, shown: &mut Option<Arc<Table>>) -> Result<(), DbError> {
+/// not be reached.
+async fn run(db: &Db, mut jobs: Vec<Job>) -> Result<(), DbError> {
     while let Some(first) = jobs.first() {
         let key = route_key(&first.ctx);
         let (group, rest): (Vec<_>, Vec<_>) =
@@ -188,7 +186,7 @@ async fn run(db: &Db, mut jobs: Vec<Job>, shown: &mut Option<Arc<Table>>) -> Res
         jobs = rest;
         let ctx = group[0].ctx;
         let (entries, replies) = group.into_iter().map(|j| (j.entry, j.reply)).unzip();
-        if let Err(unreachable) = write_and_read(db, ctx, entries, replies, shown).await {
+        if let Err(unreachable) = write_and_read(db, ctx, entries, replies).await {
             for job in jobs {
                 let _ = job.reply.send(Err(unreachable.clone()));
             }
@@ -205,7 +203,6 @@ async fn write_and_read(
     mut ctx: ReadContext,
     entries: Vec<NewEntry>,
     replies: Vec<oneshot::Sender<Reply>>,
-    shown: &mut Option<Arc<Table>>,
 ) -> Result<(), DbError> {
     let written = match insert(db, &mut ctx, &entries).await {
         // A connection the primary closed while it sat in the pool (a restart) fails at once.
@@ -223,7 +220,7 @@ async fn write_and_read(
             // One row the database refuses must not fail the rows beside it.
             tracing::warn!(error = %e, rows = entries.len(), "batch insert failed; writing its rows one at a time");
             for (entry, reply) in entries.into_iter().zip(replies) {
-                Box::pin(write_and_read(db, ctx, vec![entry], vec![reply], shown)).await?;
+                Box::pin(write_and_read(db, ctx, vec![entry], vec![reply])).await?;
             }
             return Ok(());
         }
@@ -234,11 +231,8 @@ async fn write_and_read(
             return if e.is_unavailable() { Err(e) } else { Ok(()) };
         }
     };
-    let read = super::latest_shared(db, &mut ctx, shown.clone(), written.fresh.as_ref()).await;
-    if let Ok(read) = &read {
-        *shown = Some(read.value.clone());
-    }
-    for (reply, written) in replies.into_iter().zip(written.rows) {
+    let read = super::latest_table(db, &mut ctx).await;
+    for (reply, written) in replies.into_iter().zip(written) {
         let logged = Logged {
             written,
             read: read.clone(),
@@ -248,7 +242,11 @@ async fn write_and_read(
     Ok(())
 }
 
-async fn insert(db: &Db, ctx: &mut ReadContext, entries: &[NewEntry]) -> Result<Inserted, DbError> {
+async fn insert(
+    db: &Db,
+    ctx: &mut ReadContext,
+    entries: &[NewEntry],
+) -> Result<Vec<Entry>, DbError> {
     let mut primary = db.writer(ctx).await?;
     let rows = super::insert_all(&mut primary, entries).await;
     primary.finish(rows).await

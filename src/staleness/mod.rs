@@ -1,8 +1,9 @@
-//! Staleness, measured: the probe `/test` and `rwsplit probe` run, and the chart `/test`
-//! draws of it.
+//! Staleness, measured: the probe `/test` and `rwsplit probe` run, the chart `/test` draws
+//! of it, and the primary's own view of its replicas.
 
 pub mod chart;
 pub mod probe;
+pub mod senders;
 
 use rwsplit_router::Consistency;
 

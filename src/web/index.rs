@@ -95,13 +95,7 @@ pub async fn index(
     // The session's consistency state decides where the read may go, and learns the write.
     let mut ctx = visit.read_context(config.consistency);
     let Logged { written, read } = match &state.batcher {
-        None => {
-            let mut primary = state.db.writer(&mut ctx).await?;
-            let written = request_log::insert(&mut primary, &entry).await;
-            let written = primary.finish(written).await?;
-            let read = request_log::latest_shared(&state.db, &mut ctx, None, None).await;
-            Logged { written, read }
-        }
+        None => request_log::log(&state.db, &mut ctx, &entry).await?,
         // Group commit: the same insert and read, each shared by the requests that arrive
         // while the previous batch is at the database (REQUEST_LOG_BATCH=1 turns it off).
         Some(batcher) => batcher.log(entry, &mut ctx).await?,
@@ -130,7 +124,7 @@ pub async fn index(
         read,
         mode: ctx.mode,
         session: visit.data,
-        replicas_configured: state.db.has_replicas(),
+        replicas_configured: !config.db.router.replicas.is_empty(),
         refresh,
     })
 }

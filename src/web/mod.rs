@@ -33,10 +33,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img
 /// The whole application; tests and `serve` both start here.
 pub fn app(state: AppState) -> Router {
     let saver = session::Saver::new(state.sessions.clone(), &state.config.session);
-    // One stack, given to the router once. Each `Router::layer` call wraps every route in a
-    // boxed service of its own, and a request clones each box with all the boxes inside it,
-    // so separate layers cost allocations that grow faster than their number (BENCHMARKS.md,
-    // tenth cut). Outermost first: the id is set first, so the trace span and the response
+    // One stack, given to the router once: each `Router::layer` call would wrap every route
+    // in a boxed service of its own, cloned with all the boxes inside it per request.
+    // Outermost first: the id is set first, so the trace span and the response
     // carry it; the time limit is inside the headers and the metrics, so its answer has the
     // one and counts in the other.
     let middleware = ServiceBuilder::new()
@@ -60,10 +59,7 @@ pub fn app(state: AppState) -> Router {
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            crate::metrics::HttpSeries::default(),
-            crate::metrics::track,
-        ))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TimeLimitLayer(state.config.request_timeout))
         .layer(axum::middleware::from_fn_with_state(saver, session::save));
     Router::new()
@@ -102,7 +98,7 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        crate::metrics::render(&state.metrics, &state.db),
+        state.metrics.render(),
     )
 }
 

@@ -6,7 +6,7 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Query, State};
-use rwsplit_router::{Consistency, Lsn, ReplicaStatus, WalSender};
+use rwsplit_router::{Consistency, Lsn, ReplicaStatus};
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -16,6 +16,7 @@ use crate::session::Visit;
 use crate::staleness::chart::Chart;
 use crate::staleness::parse_modes;
 use crate::staleness::probe::{self, DEFAULT_PROBES, MAX_PROBES, Run};
+use crate::staleness::senders::{self, WalSender};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize)]
@@ -83,7 +84,7 @@ async fn measure(
         visit.remember(&ctx);
         runs.push(run);
     }
-    let wal_senders = state.db.wal_senders().await;
+    let wal_senders = senders::wal_senders(&state.db).await;
     if let Err(e) = &wal_senders {
         tracing::warn!(error = %e, "pg_stat_replication unavailable");
     }

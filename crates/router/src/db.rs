@@ -1,68 +1,23 @@
 //! The router: pools for the primary and every replica, and the calls that name a route.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sqlx::PgConnection;
 
+use crate::clock::{millis, unix_millis};
 use crate::config::{Config, PoolConfig, RoutingConfig};
-use crate::consistency::{Consistency, ReadContext, Reason};
+use crate::consistency::{ReadContext, Reason};
 use crate::error::DbError;
-use crate::guard::{Reader, Writer};
-use crate::lsn::Lsn;
-use crate::monitor::History;
-use crate::pool::{BoxFuture, Lease, Pool, discard_if_broken};
+use crate::guard::{PRIMARY, Reader, Routed, Writer};
+use crate::monitor::{History, Monitor};
+use crate::pool::{BoxFuture, Pool};
 use crate::replica::{Replica, ReplicaStatus};
 use crate::route::{self, Misses, ReplicaView, Route};
 
-/// The primary's name in results, errors and metrics.
-pub const PRIMARY: &str = "primary";
-
 /// The read-only pool on the primary, as metrics name it.
-pub(crate) const PRIMARY_READS: &str = "primary_reads";
-
-/// A read's result, the node that answered it and why that node.
-#[derive(Clone, Debug)]
-pub struct Routed<T> {
-    /// What the query returned.
-    pub value: T,
-    /// `primary`, `replica1`...
-    pub node: String,
-    /// Why this node answered.
-    pub reason: Reason,
-}
-
-impl<T> Routed<T> {
-    /// The same read with its value converted (shared, say), keeping who answered and why.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
-        Routed {
-            value: f(self.value),
-            node: self.node,
-            reason: self.reason,
-        }
-    }
-}
-
-/// A read's answer and, when the read selected it ([`node_position!`](crate::node_position)),
-/// the answering node's WAL position.
-#[derive(Clone, Debug)]
-pub struct Positioned<T> {
-    /// What the query returned.
-    pub value: T,
-    /// `None` when the statement returned no position (no rows, say): causal mode then asks
-    /// the node after the read.
-    pub position: Option<Lsn>,
-}
-
-impl<T> Positioned<T> {
-    /// An answer without its node's position.
-    pub fn unknown(value: T) -> Self {
-        Self {
-            value,
-            position: None,
-        }
-    }
-}
+const PRIMARY_READS: &str = "primary_reads";
 
 /// Routed access to one primary and its replicas. Share it (`Arc<Db>`) across requests.
 #[derive(Debug)]
@@ -76,7 +31,7 @@ pub struct Db {
     pools: PoolConfig,
     routing: RoutingConfig,
     /// The primary's recent WAL positions, which replica lag is measured against.
-    pub(crate) history: tokio::sync::Mutex<History>,
+    history: tokio::sync::Mutex<History>,
 }
 
 impl Db {
@@ -128,16 +83,6 @@ impl Db {
         }
     }
 
-    /// The routing limits this router was built with.
-    pub fn routing(&self) -> &RoutingConfig {
-        &self.routing
-    }
-
-    /// Whether any replica is configured (usable or not).
-    pub fn has_replicas(&self) -> bool {
-        !self.replicas.is_empty()
-    }
-
     /// A connection to the primary. Run the write on it, then hand its result to
     /// [`Writer::finish`], which records the write in `ctx` for this session's later reads.
     pub async fn writer<'a>(&self, ctx: &'a mut ReadContext) -> Result<Writer<'a>, DbError> {
@@ -177,18 +122,18 @@ impl Db {
                 for i in order {
                     let replica = &self.replicas[i];
                     let limit = self.pools.replica_read_timeout;
-                    let ready = tokio::time::timeout(limit, ready(replica, must_replay, deadline))
+                    let ready = tokio::time::timeout(limit, replica.ready(must_replay, deadline))
                         .await
                         .unwrap_or_else(|_| Err(no_answer(limit)));
                     match ready {
                         Ok(Some(conn)) => {
                             let reason = match must_replay {
                                 Some(_) => Reason::Replayed {
-                                    waited_ms: elapsed_ms(started),
+                                    waited_ms: millis(started.elapsed()),
                                 },
                                 None => Reason::AnyReplica,
                             };
-                            return Ok(Reader::new(self, ctx, conn, Some(replica), reason));
+                            return Ok(Reader::new(ctx, conn, Some(replica), reason));
                         }
                         Ok(None) => misses.timed_out = true,
                         // A full pool means this instance is busy, not that the replica is
@@ -205,7 +150,7 @@ impl Db {
                         },
                     }
                 }
-                misses.reason(elapsed_ms(started))
+                misses.reason(millis(started.elapsed()))
             }
         };
         self.primary_reader(ctx, reason).await
@@ -215,124 +160,26 @@ impl Db {
     /// that fails or takes longer than [`PoolConfig::replica_read_timeout`] is marked
     /// unreachable and the query runs again on the next choice: `query` may run more than
     /// once, so it must only read.
-    pub async fn read<T, F>(&self, ctx: &mut ReadContext, query: F) -> Result<Routed<T>, DbError>
+    pub async fn read<T, F>(
+        &self,
+        ctx: &mut ReadContext,
+        mut query: F,
+    ) -> Result<Routed<T>, DbError>
     where
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
-    {
-        self.read_as(ctx, query, Positioned::unknown).await
-    }
-
-    /// [`Db::read`] for a query that selects its node's position
-    /// ([`node_position!`](crate::node_position)), which spares causal mode its query after
-    /// the read.
-    pub async fn read_positioned<T, F>(
-        &self,
-        ctx: &mut ReadContext,
-        query: F,
-    ) -> Result<Routed<T>, DbError>
-    where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<Positioned<T>, sqlx::Error>>,
-    {
-        self.read_as(ctx, query, |answer| answer).await
-    }
-
-    /// [`Db::read_positioned`] for a read that follows the session's own write, in `ctx`, and
-    /// can tell from its answer whether it saw that write (the write's rows are in it, say):
-    /// `saw_write` says so.
-    ///
-    /// In causal mode, when the session's token is that write's own position, the read goes
-    /// to a replica at once, without first asking whether the replica has replayed the
-    /// token. An answer that shows the write was read from a snapshot taken after the
-    /// write's commit was replayed, and so after everything the session had seen before it
-    /// wrote (all of it earlier in the primary's WAL): the read is as causal as one that
-    /// waited, for one round trip. An answer that does not show it is dropped, and the read
-    /// is routed as [`Db::read_positioned`] routes it. Every other mode reads as that does.
-    ///
-    /// A write's rows prove it only if no other transaction could have written the same
-    /// rows: compare every column, not only an id a sequence may hand out again.
-    pub async fn read_after_write<T, F, S>(
-        &self,
-        ctx: &mut ReadContext,
-        mut query: F,
-        saw_write: S,
-    ) -> Result<Routed<T>, DbError>
-    where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<Positioned<T>, sqlx::Error>>,
-        S: Fn(&T) -> bool,
-    {
-        if let Some(replica) = self.unchecked_replica(ctx) {
-            let limit = self.pools.replica_read_timeout;
-            let attempt = tokio::time::timeout(limit, async {
-                let mut conn = replica.pool.acquire().await?;
-                let answer = query(&mut conn).await;
-                let answer = discard_if_broken(&mut conn, answer)?;
-                Ok((conn, answer))
-            })
-            .await
-            .unwrap_or_else(|_| Err(no_answer(limit)));
-            match attempt {
-                Ok((conn, answer)) if saw_write(&answer.value) => {
-                    let reason = Reason::Replayed { waited_ms: 0 };
-                    let reader = Reader::new(self, ctx, conn, Some(replica), reason);
-                    return reader.finish_positioned(Ok(answer)).await;
-                }
-                // The replica had not replayed the write yet: the usual route waits for one.
-                Ok((conn, _)) => {
-                    conn.give_back();
-                    crate::metrics::causal_query(&replica.name, "unseen");
-                }
-                // Busy, not down: the usual route says so if it lasts.
-                Err(sqlx::Error::PoolTimedOut) => {}
-                Err(e) => match DbError::from_sqlx(&replica.name, e) {
-                    DbError::Unavailable { source, .. } => replica.mark_unreachable(&source),
-                    other => return Err(other),
-                },
-            }
-        }
-        self.read_positioned(ctx, query).await
-    }
-
-    /// The replica a [`Db::read_after_write`] may read without a replay check: in causal
-    /// mode, when the session's token is its last write's position, the first replica its
-    /// route would try, unless that one is already known to have replayed the token (then
-    /// the usual route needs no check either).
-    fn unchecked_replica(&self, ctx: &ReadContext) -> Option<&Replica> {
-        let wrote = ctx.last_write?.lsn?;
-        if ctx.mode != Consistency::Causal || ctx.token != Some(wrote) {
-            return None;
-        }
-        match self.route(ctx) {
-            Route::Replicas { order, .. } => order
-                .first()
-                .map(|&i| &self.replicas[i])
-                .filter(|replica| replica.replay_lsn() < Some(wrote)),
-            Route::Primary(_) => None,
-        }
-    }
-
-    /// The read loop of [`Db::read`] and [`Db::read_positioned`]; `split` turns what `query`
-    /// returns into the answer and its position.
-    async fn read_as<A, T, F>(
-        &self,
-        ctx: &mut ReadContext,
-        mut query: F,
-        split: fn(A) -> Positioned<T>,
-    ) -> Result<Routed<T>, DbError>
-    where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<A, sqlx::Error>>,
     {
         // Each failure marks its replica unusable, so every round routes around the last;
         // the rounds end at the primary, whose own failure is the caller's.
         for _ in 0..=self.replicas.len() {
             let mut reader = self.reader(ctx).await?;
             let Some(replica) = reader.replica() else {
-                let result = query(&mut reader).await.map(split);
-                return reader.finish_positioned(result).await;
+                let result = query(&mut reader).await;
+                return reader.finish(result).await;
             };
             let limit = self.pools.replica_read_timeout;
             let attempt = tokio::time::timeout(limit, async {
-                let result = query(&mut reader).await.map(split);
-                reader.finish_positioned(result).await
+                let result = query(&mut reader).await;
+                reader.finish(result).await
             })
             .await;
             match attempt {
@@ -343,39 +190,13 @@ impl Db {
         }
         // Only if checks kept marking failed replicas usable again meanwhile.
         let mut reader = self.primary_reader(ctx, Reason::NoUsableReplica).await?;
-        let result = query(&mut reader).await.map(split);
-        reader.finish_positioned(result).await
+        let result = query(&mut reader).await;
+        reader.finish(result).await
     }
 
-    /// A connection from the primary's read-only pool, for a read routed there for `reason`.
-    async fn primary_reader<'a>(
-        &'a self,
-        ctx: &'a mut ReadContext,
-        reason: Reason,
-    ) -> Result<Reader<'a>, DbError> {
-        let conn = self
-            .primary_reads
-            .acquire()
-            .await
-            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
-        Ok(Reader::new(self, ctx, conn, None, reason))
-    }
-
-    /// Where a read in `ctx` may go, from the replicas' last known states.
-    fn route(&self, ctx: &ReadContext) -> Route {
-        let views: Vec<ReplicaView> = self.replicas.iter().map(Replica::view).collect();
-        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
-        route::route(
-            ctx,
-            &views,
-            start,
-            self.routing.sticky_window,
-            unix_millis(),
-        )
-    }
-
-    /// Runs `query` on the named node, whatever its health: for tools that inspect one node
-    /// (a staleness probe, a console). Read-only like every read.
+    /// Runs `query` on the named node (`primary`, `replica1`...), whatever its health: for
+    /// tools that inspect one node (a staleness probe, a console, replication views).
+    /// Read-only like every read.
     pub async fn read_from<T, F>(&self, node: &str, query: F) -> Result<T, DbError>
     where
         F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
@@ -394,11 +215,36 @@ impl Db {
             .map_err(|e| DbError::from_sqlx(node, e))
     }
 
-    /// The names of every node: `primary`, then `replica1`...
-    pub fn node_names(&self) -> Vec<String> {
-        std::iter::once(PRIMARY.to_owned())
-            .chain(self.replicas.iter().map(|r| r.name.clone()))
-            .collect()
+    /// Checks every replica once now: reachable, in recovery, and how far behind the
+    /// primary; and sets the pools' `db_pool_connections` gauges. Each check is bounded, so
+    /// a node that does not answer costs little.
+    pub async fn check_replicas(&self) {
+        crate::monitor::check(
+            &self.primary_reads,
+            &self.replicas,
+            &self.history,
+            &self.routing,
+        )
+        .await;
+        let pools = [
+            (PRIMARY, &self.primary),
+            (PRIMARY_READS, &self.primary_reads),
+        ];
+        let replicas = self.replicas.iter().map(|r| (r.name.as_str(), &r.pool));
+        for (name, pool) in pools.into_iter().chain(replicas) {
+            crate::metrics::pool(name, pool.size(), pool.idle());
+        }
+    }
+
+    /// Runs [`Db::check_replicas`] every [`RoutingConfig::check_interval`], from one interval
+    /// from now until the returned [`Monitor`] is dropped. Call [`Db::check_replicas`] first
+    /// to start from a known state.
+    pub fn spawn_monitor(self: &Arc<Self>) -> Monitor {
+        let db = Arc::clone(self);
+        Monitor::spawn(self.routing.check_interval, move || {
+            let db = Arc::clone(&db);
+            async move { db.check_replicas().await }
+        })
     }
 
     /// Every replica's last known state.
@@ -406,13 +252,9 @@ impl Db {
         self.replicas.iter().map(Replica::status).collect()
     }
 
-    /// Reads that wanted a replica but were served by the primary, since start-up.
+    /// Reads that wanted a replica but were routed to the primary, since start-up.
     pub fn fallback_reads(&self) -> u64 {
         self.fallback_reads.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn count_fallback(&self) {
-        self.fallback_reads.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the primary answers a trivial query within the acquire timeout.
@@ -424,27 +266,6 @@ impl Db {
             .map_err(|e| DbError::from_sqlx(PRIMARY, e))
     }
 
-    /// Sets `db_pool_connections` {pool, state} for every pool: cheap, so call it at scrape
-    /// time and the figures are always current.
-    pub fn record_pool_metrics(&self) {
-        let pools = [
-            (PRIMARY, &self.primary),
-            (PRIMARY_READS, &self.primary_reads),
-        ];
-        let replicas = self.replicas.iter().map(|r| (r.name.as_str(), &r.pool));
-        for (name, pool) in pools.into_iter().chain(replicas) {
-            crate::metrics::pool(name, pool.size(), pool.idle());
-        }
-    }
-
-    pub(crate) fn primary_reads(&self) -> &Pool {
-        &self.primary_reads
-    }
-
-    pub(crate) fn replicas(&self) -> &[Replica] {
-        &self.replicas
-    }
-
     /// Closes every pool, waiting for connections in use to come back.
     pub async fn close(&self) {
         self.primary.close().await;
@@ -453,25 +274,36 @@ impl Db {
             replica.pool.close().await;
         }
     }
-}
 
-/// A connection to `replica` once it has replayed `must_replay` (when set); `None` when
-/// `deadline` passes first.
-async fn ready(
-    replica: &Replica,
-    must_replay: Option<Lsn>,
-    deadline: Instant,
-) -> Result<Option<Lease>, sqlx::Error> {
-    let mut conn = replica.pool.acquire().await?;
-    let Some(lsn) = must_replay else {
-        return Ok(Some(conn));
-    };
-    let replayed = wait_for_replay(replica, &mut conn, lsn, deadline).await;
-    if discard_if_broken(&mut conn, replayed)? {
-        return Ok(Some(conn));
+    /// A connection from the primary's read-only pool, for a read routed there for `reason`.
+    async fn primary_reader<'a>(
+        &'a self,
+        ctx: &'a mut ReadContext,
+        reason: Reason,
+    ) -> Result<Reader<'a>, DbError> {
+        if reason.is_fallback() {
+            self.fallback_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let conn = self
+            .primary_reads
+            .acquire()
+            .await
+            .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
+        Ok(Reader::new(ctx, conn, None, reason))
     }
-    conn.give_back();
-    Ok(None)
+
+    /// Where a read in `ctx` may go, from the replicas' last known states.
+    fn route(&self, ctx: &ReadContext) -> Route {
+        let views: Vec<ReplicaView> = self.replicas.iter().map(Replica::view).collect();
+        let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        route::route(
+            ctx,
+            &views,
+            start,
+            self.routing.sticky_window,
+            unix_millis(),
+        )
+    }
 }
 
 /// A node that did not answer in time: it counts as unreachable, like a refused connection.
@@ -480,52 +312,4 @@ fn no_answer(limit: Duration) -> sqlx::Error {
         std::io::ErrorKind::TimedOut,
         format!("no answer within {} ms", limit.as_millis()),
     ))
-}
-
-/// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.
-async fn wait_for_replay(
-    replica: &Replica,
-    conn: &mut PgConnection,
-    lsn: Lsn,
-    deadline: Instant,
-) -> Result<bool, sqlx::Error> {
-    // The known figure only ever trails the real one, so if it suffices, no query is needed.
-    if replica.replay_lsn().is_some_and(|seen| seen >= lsn) {
-        return Ok(true);
-    }
-    // Poll soon, then back off: a replica that keeps up is seen at once, one that lags costs
-    // few queries.
-    let mut poll = Duration::from_millis(1);
-    const MAX_POLL: Duration = Duration::from_millis(8);
-    loop {
-        crate::metrics::causal_query(&replica.name, "wait");
-        if let Some(seen) = crate::lsn::replayed(&mut *conn).await? {
-            replica.note_replayed(seen);
-            if seen >= lsn {
-                return Ok(true);
-            }
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(poll.min(deadline - now)).await;
-        poll = (poll * 2).min(MAX_POLL);
-    }
-}
-
-/// Whole milliseconds, saturating: for reports, where a `u128` is no use.
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn elapsed_ms(since: Instant) -> u64 {
-    millis(since.elapsed())
-}
-
-/// Milliseconds since the Unix epoch, by this machine's clock.
-pub(crate) fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

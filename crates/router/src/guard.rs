@@ -1,17 +1,42 @@
-//! Routed connections for the common case: take one, run queries on it, hand the result to
-//! `finish`, which records what the session must remember.
+//! Routed connections: take one, run queries on it, hand the result to `finish`, which
+//! records what the session must remember.
 
 use std::ops::{Deref, DerefMut};
 
 use sqlx::PgConnection;
 
 use crate::consistency::{ReadContext, Reason, WriteMark};
-use crate::db::{Db, PRIMARY, Positioned, Routed, unix_millis};
 use crate::error::DbError;
 use crate::pool::{Lease, discard_if_broken};
 use crate::replica::Replica;
 
-/// A connection to the primary, from [`Db::writer`]. Derefs to [`PgConnection`].
+/// The primary's name in results, errors and metrics.
+pub const PRIMARY: &str = "primary";
+
+/// A read's result, the node that answered it and why that node.
+#[derive(Clone, Debug)]
+pub struct Routed<T> {
+    /// What the query returned.
+    pub value: T,
+    /// `primary`, `replica1`...
+    pub node: String,
+    /// Why this node answered.
+    pub reason: Reason,
+}
+
+impl<T> Routed<T> {
+    /// The same read with its value converted (shared, say), keeping who answered and why.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
+        Routed {
+            value: f(self.value),
+            node: self.node,
+            reason: self.reason,
+        }
+    }
+}
+
+/// A connection to the primary, from [`Db::writer`](crate::Db::writer). Derefs to
+/// [`PgConnection`].
 #[derive(Debug)]
 #[must_use = "hand the write's result to `finish`, or the session forgets the write"]
 pub struct Writer<'a> {
@@ -37,7 +62,7 @@ impl<'a> Writer<'a> {
             None
         };
         self.ctx.last_write = Some(WriteMark {
-            at_ms: unix_millis(),
+            at_ms: crate::clock::unix_millis(),
             lsn,
         });
         if let Some(lsn) = lsn {
@@ -62,12 +87,11 @@ impl DerefMut for Writer<'_> {
     }
 }
 
-/// A connection to the node a read was routed to, from [`Db::reader`]. Derefs to
-/// [`PgConnection`]; every transaction on it is read-only.
+/// A connection to the node a read was routed to, from [`Db::reader`](crate::Db::reader).
+/// Derefs to [`PgConnection`]; every transaction on it is read-only.
 #[derive(Debug)]
 #[must_use = "hand the read's result to `finish`, which says where it ran"]
 pub struct Reader<'a> {
-    db: &'a Db,
     ctx: &'a mut ReadContext,
     conn: Lease,
     /// `None` on the primary.
@@ -77,14 +101,12 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(
-        db: &'a Db,
         ctx: &'a mut ReadContext,
         conn: Lease,
         replica: Option<&'a Replica>,
         reason: Reason,
     ) -> Self {
         Self {
-            db,
             ctx,
             conn,
             replica,
@@ -109,35 +131,19 @@ impl<'a> Reader<'a> {
     /// Takes the read's result and says where it ran. In causal mode it first takes the
     /// node's WAL position, which covers everything the read saw, into the session's token:
     /// later reads then never see less.
-    pub async fn finish<T>(self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
-        self.finish_positioned(result.map(Positioned::unknown))
-            .await
-    }
-
-    /// [`Reader::finish`] for a read that selected its node's position in its own statement
-    /// ([`node_position!`](crate::node_position)): causal mode then takes that position
-    /// instead of asking the node again after the read.
-    pub async fn finish_positioned<T>(
-        mut self,
-        result: Result<Positioned<T>, sqlx::Error>,
-    ) -> Result<Routed<T>, DbError> {
+    pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
         let replica = self.replica;
         let node = node_name(replica);
         let failed = |e| DbError::from_sqlx(node, e);
-        let answer = discard_if_broken(&mut self.conn, result).map_err(failed)?;
+        let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
         if self.ctx.tracks_reads() {
-            let seen = match answer.position {
-                Some(lsn) => Some(lsn),
-                None => {
-                    crate::metrics::causal_query(node, "observe");
-                    let seen = match replica {
-                        Some(_) => crate::lsn::replayed(&mut self.conn).await,
-                        None => crate::lsn::current(&mut self.conn).await.map(Some),
-                    };
-                    discard_if_broken(&mut self.conn, seen).map_err(failed)?
-                }
+            // Asked after the read, so the position is at or past the read's snapshot.
+            crate::metrics::causal_query(node, "observe");
+            let seen = match replica {
+                Some(_) => crate::lsn::replayed(&mut self.conn).await,
+                None => crate::lsn::current(&mut self.conn).await.map(Some),
             };
-            if let Some(lsn) = seen {
+            if let Some(lsn) = discard_if_broken(&mut self.conn, seen).map_err(failed)? {
                 if let Some(replica) = replica {
                     replica.note_replayed(lsn);
                 }
@@ -145,12 +151,9 @@ impl<'a> Reader<'a> {
             }
         }
         crate::metrics::read(node, self.ctx.mode, self.reason);
-        if self.reason.is_fallback() {
-            self.db.count_fallback();
-        }
         self.conn.give_back();
         Ok(Routed {
-            value: answer.value,
+            value,
             node: node.to_owned(),
             reason: self.reason,
         })

@@ -11,19 +11,14 @@
 //!   (in its session store): its last write and its causal token, the highest WAL position
 //!   it has observed. [`Consistency::Causal`] reads go only to a replica that has replayed
 //!   that far: read-your-writes and monotonic reads, across any number of web instances.
-//! - A read that selects its node's position ([`node_position!`], [`Db::read_positioned`])
-//!   spares causal mode its query after the read; one that follows the session's own write
-//!   and shows it ([`Db::read_after_write`]) also spares the replay check before it.
-//! - Every read says where it went and why ([`Routed`], [`Reason`]).
-//! - A connection whose use finished (a guard's `finish`, a closure that returned) waits in a
-//!   spare slot of its pool for the next caller, who takes it without the round trip sqlx's
-//!   pool spends checking every connection it takes back; one dropped unfinished goes back
-//!   to sqlx's pool, checks and all.
+//! - Every read says where it went and why ([`Routed`], [`Reason`]); operators see each
+//!   replica's state ([`Db::replica_statuses`]).
+//! - Errors say whether the node was unreachable (retry later) or the query failed
+//!   ([`DbError`]).
 //! - Metrics go through the [`metrics`](https://docs.rs/metrics) facade; install any
 //!   exporter to see them: `db_reads_total` {node, mode, reason}, `causal_queries_total`
 //!   {node, kind}, `replica_usable`, `replica_lag_bytes`, `replica_lag_seconds` {replica},
-//!   `db_pool_waiting` {pool}, and `db_pool_connections` {pool, state} when
-//!   [`Db::record_pool_metrics`] runs (at scrape time, say).
+//!   `db_pool_waiting` {pool}, and `db_pool_connections` {pool, state}, set at every check.
 //!
 //! ```no_run
 //! use rwsplit_router::{Config, Consistency, Db, ReadContext};
@@ -51,14 +46,28 @@
 //!     .await;
 //! let read = replica.finish(count).await?;
 //! println!("{} notes, read on {} because {}", read.value, read.node, read.reason);
+//!
+//! // The same read as a closure: a replica that fails mid-read is marked down and the
+//! // closure runs again on the next choice.
+//! let read = db
+//!     .read(&mut ctx, |c| {
+//!         Box::pin(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notes").fetch_one(c))
+//!     })
+//!     .await?;
+//! # let _ = read;
 //! # Ok(())
 //! # }
 //! ```
 //!
 //! `examples/notes.rs` runs the same against a live primary and replica.
+//!
+//! Inside, each pool keeps the connection whose use just finished in a spare slot, so the
+//! next caller skips the round trip sqlx's pool spends checking every connection it takes
+//! back; the crate's `pool` module says when a connection goes back through those checks.
 
 #![warn(missing_docs)]
 
+mod clock;
 mod config;
 mod consistency;
 mod db;
@@ -69,16 +78,14 @@ mod metrics;
 mod monitor;
 mod pool;
 mod replica;
-mod replication;
 mod route;
 
 pub use config::{Config, PoolConfig, RoutingConfig};
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
-pub use db::{Db, PRIMARY, Positioned, Routed};
+pub use db::Db;
 pub use error::DbError;
-pub use guard::{Reader, Writer};
+pub use guard::{PRIMARY, Reader, Routed, Writer};
 pub use lsn::Lsn;
 pub use monitor::Monitor;
 pub use pool::BoxFuture;
-pub use replica::{ReplicaState, ReplicaStatus};
-pub use replication::WalSender;
+pub use replica::ReplicaStatus;

@@ -56,25 +56,7 @@ impl TryFrom<String> for Lsn {
     }
 }
 
-/// SQL for the answering node's WAL position, as text [`Lsn`] parses: how far a replica has
-/// replayed, or the primary's current position (on a primary that was once a replica, not
-/// where its replay stopped). A read that selects it in its own statement
-/// hands it to [`Reader::finish_positioned`](crate::Reader::finish_positioned) and spares
-/// the query after the read that causal mode would otherwise make. It is evaluated as the
-/// statement runs, after the statement took its snapshot, so it covers all the read saw.
-/// A scalar subquery: PostgreSQL evaluates it once, however many rows the read returns.
-///
-/// A macro, so that it joins a query's text in `concat!`:
-/// `concat!("SELECT id, ", rwsplit_router::node_position!(), " FROM notes")`.
-#[macro_export]
-macro_rules! node_position {
-    () => {
-        "(SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
-                      ELSE pg_current_wal_lsn() END::text)"
-    };
-}
-
-/// Decodes the text form, as [`node_position!`] and the queries below select it.
+/// Decodes the text form, as the queries below select it (`pg_lsn::text`).
 impl sqlx::Type<Postgres> for Lsn {
     fn type_info() -> PgTypeInfo {
         <str as sqlx::Type<Postgres>>::type_info()

@@ -11,8 +11,7 @@ pub(crate) fn read(node: &str, mode: Consistency, reason: Reason) {
 }
 
 /// A query causal mode added to a read: `wait` polls a replica's replay position before the
-/// read, `observe` takes the answering node's position after it (for the session's token),
-/// `unseen` is a read after the session's write that did not show it and was dropped.
+/// read, `observe` takes the answering node's position after it (for the session's token).
 pub(crate) fn causal_query(node: &str, kind: &'static str) {
     counter!("causal_queries_total", "node" => node.to_owned(), "kind" => kind).increment(1);
 }

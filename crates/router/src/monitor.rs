@@ -1,14 +1,16 @@
-//! The replica monitor: a background task that checks every replica on an interval and
-//! excludes those that are down, not replicas, or lagging past the limit.
+//! The replica monitor: checks the replicas it is given on an interval and excludes those
+//! that are down, not replicas, or lagging past the limit.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::db::Db;
+use crate::config::RoutingConfig;
 use crate::lsn::Lsn;
+use crate::pool::Pool;
 use crate::replica::{Observation, Replica};
 
 /// The primary's WAL positions at recent checks, oldest first. A replica's lag is how long
@@ -49,10 +51,29 @@ impl History {
     }
 }
 
-/// The background check, from [`Db::spawn_monitor`]; dropping it stops the checks.
+/// The background check, from [`Db::spawn_monitor`](crate::Db::spawn_monitor); dropping it
+/// stops the checks.
 #[derive(Debug)]
 #[must_use = "dropping the monitor stops it"]
 pub struct Monitor(JoinHandle<()>);
+
+impl Monitor {
+    /// Runs `check` every `every`, from one interval from now, until dropped.
+    pub(crate) fn spawn<F, Fut>(every: Duration, mut check: F) -> Self
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        Self(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                check().await;
+            }
+        }))
+    }
+}
 
 impl Drop for Monitor {
     fn drop(&mut self) {
@@ -60,70 +81,47 @@ impl Drop for Monitor {
     }
 }
 
-impl Db {
-    /// Checks every replica once now: reachable, in recovery, and how far behind the
-    /// primary. Each check is bounded, so a node that does not answer costs little.
-    pub async fn check_replicas(&self) {
-        let limit = self
-            .routing()
-            .check_interval
-            .clamp(Duration::from_millis(100), Duration::from_secs(2));
-        let mut history = self.history.lock().await;
-        let sampled = Instant::now();
-        let primary_lsn = tokio::time::timeout(limit, primary_lsn(self))
+/// Checks every replica once: reachable, in recovery, and how far behind the primary, whose
+/// position `primary` (a read-only pool on it) gives. Each check is bounded, so a node that
+/// does not answer costs little.
+pub(crate) async fn check(
+    primary: &Pool,
+    replicas: &[Replica],
+    history: &Mutex<History>,
+    routing: &RoutingConfig,
+) {
+    let limit = routing
+        .check_interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut history = history.lock().await;
+    let sampled = Instant::now();
+    let primary_lsn =
+        tokio::time::timeout(limit, primary.run(|c| Box::pin(crate::lsn::current(c))))
             .await
             .ok()
             .and_then(Result::ok);
-        if let Some(lsn) = primary_lsn {
-            history.push(sampled, lsn);
-        }
-        let history = &*history;
-        let max_lag = self.routing().max_lag;
-        let checks = self.replicas().iter().map(|replica| async move {
-            match tokio::time::timeout(limit, observe(replica)).await {
-                Ok(Ok(seen)) => {
-                    let behind = primary_lsn
-                        .zip(seen.replay_lsn)
-                        .and_then(|(_, replayed)| history.behind(replayed, Instant::now()));
-                    replica.record(seen, behind, max_lag);
-                }
-                // Every connection is busy serving reads: the replica answers; keep the last
-                // verdict.
-                Ok(Err(sqlx::Error::PoolTimedOut)) if replica.pool.is_full() => {}
-                Ok(Err(e)) => replica.mark_unreachable(&e),
-                Err(_) => {
-                    replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))
-                }
+    if let Some(lsn) = primary_lsn {
+        history.push(sampled, lsn);
+    }
+    let history = &*history;
+    for replica in replicas {
+        // Few replicas: checking in turn keeps this simple; each is already time-bounded.
+        match tokio::time::timeout(limit, observe(replica)).await {
+            Ok(Ok(seen)) => {
+                let behind = primary_lsn
+                    .zip(seen.replay_lsn)
+                    .and_then(|(_, replayed)| history.behind(replayed, Instant::now()));
+                replica.record(seen, behind, routing.max_lag);
             }
-        });
-        for check in checks {
-            // Few replicas: awaiting in turn keeps this simple; each is already time-bounded.
-            check.await;
+            // Every connection is busy serving reads: the replica answers; keep the last
+            // verdict.
+            Ok(Err(sqlx::Error::PoolTimedOut)) if replica.pool.is_full() => {}
+            Ok(Err(e)) => replica.mark_unreachable(&e),
+            Err(_) => {
+                replica.mark_unreachable(&format!("no answer within {} ms", limit.as_millis()))
+            }
         }
     }
-
-    /// Checks every replica every
-    /// [`RoutingConfig::check_interval`](crate::RoutingConfig::check_interval), from one
-    /// interval from now until the returned [`Monitor`] is dropped. Call
-    /// [`Db::check_replicas`] first to start from a known state.
-    pub fn spawn_monitor(self: &Arc<Self>) -> Monitor {
-        let db = self.clone();
-        let every = db.routing().check_interval;
-        Monitor(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                db.check_replicas().await;
-            }
-        }))
-    }
-}
-
-async fn primary_lsn(db: &Db) -> Result<Lsn, sqlx::Error> {
-    db.primary_reads()
-        .run(|c| Box::pin(crate::lsn::current(c)))
-        .await
 }
 
 async fn observe(replica: &Replica) -> Result<Observation, sqlx::Error> {

@@ -37,9 +37,8 @@ const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// goes back through sqlx's pool (its lifetime check and ping).
 const HELD_AT_MOST: Duration = Duration::from_secs(60);
 
-/// A pool and its `db_pool_waiting` gauge, registered once with the recorder: finding a
-/// labelled gauge in the recorder cost more than counting on it (BENCHMARKS.md, thirteenth
-/// cut). Derefs to [`PgPool`].
+/// A pool and its `db_pool_waiting` gauge, registered with the recorder when the pool is
+/// built. Derefs to [`PgPool`].
 #[derive(Debug)]
 pub(crate) struct Pool {
     conns: PgPool,
@@ -90,8 +89,7 @@ impl Pool {
     /// Boxed: sqlx's acquire future holds a whole connection attempt, which makes it large,
     /// and unboxed it would make every future that awaits a read or a write as large, up to
     /// the handler's; such a future is copied each time it moves (into a task, into axum's
-    /// box). The box is allocated first so that the optimiser builds the future in it:
-    /// `Box::pin` builds it on the stack and copies it in, once an acquire.
+    /// box).
     pub(crate) async fn acquire(&self) -> Result<Lease, sqlx::Error> {
         // Counted before the slot is looked at: a connection given back from then on goes to
         // sqlx's pool, whose queue this caller may be about to join.
@@ -99,8 +97,7 @@ impl Pool {
         if let Some(lease) = self.spare.take() {
             return Ok(lease);
         }
-        let slot = Box::new_uninit();
-        let conn = Box::into_pin(Box::write(slot, self.conns.acquire())).await?;
+        let conn = Box::pin(self.conns.acquire()).await?;
         Ok(Lease {
             conn,
             held_since: Instant::now(),

@@ -1,13 +1,14 @@
-//! One read replica: its pool and what the monitor last learned about it.
+//! One read replica: its pool and what the monitor and reads last learned about it.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sqlx::PgConnection;
 
-use crate::db::millis;
+use crate::clock::millis;
 use crate::lsn::Lsn;
-use crate::pool::Pool;
+use crate::pool::{Lease, Pool, discard_if_broken};
 use crate::route::ReplicaView;
 
 /// One replica's pool and last known state.
@@ -15,12 +16,14 @@ use crate::route::ReplicaView;
 pub(crate) struct Replica {
     pub(crate) name: String,
     pub(crate) pool: Pool,
-    state: Mutex<ReplicaState>,
+    state: Mutex<ReplicaStatus>,
 }
 
-/// The last check of a replica, as `/readyz` and `/test` show it.
+/// A replica's last known state, as `/readyz` and `/test` show it.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ReplicaState {
+pub struct ReplicaStatus {
+    /// `replica1`, `replica2`...
+    pub name: String,
     /// Whether reads may go to it.
     pub usable: bool,
     /// Whether the last check or read reached it.
@@ -41,16 +44,6 @@ pub struct ReplicaState {
     pub problem: Option<String>,
 }
 
-/// A snapshot of a replica for pages and JSON.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReplicaStatus {
-    /// `replica1`, `replica2`...
-    pub name: String,
-    /// Its last known state.
-    #[serde(flatten)]
-    pub state: ReplicaState,
-}
-
 /// What one monitor check measured on the replica itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Observation {
@@ -62,19 +55,20 @@ pub(crate) struct Observation {
 impl Replica {
     pub(crate) fn new(name: String, pool: Pool) -> Self {
         Self {
-            name,
-            pool,
             // Optimistic until the first check: a failed read marks it at once.
-            state: Mutex::new(ReplicaState {
+            state: Mutex::new(ReplicaStatus {
+                name: name.clone(),
                 usable: true,
                 reachable: true,
                 in_recovery: true,
-                ..ReplicaState::default()
+                ..ReplicaStatus::default()
             }),
+            name,
+            pool,
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, ReplicaState> {
+    fn state(&self) -> MutexGuard<'_, ReplicaStatus> {
         // The state is plain data rewritten whole by each check: a panic elsewhere cannot
         // leave it half-updated, so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -100,11 +94,60 @@ impl Replica {
         state.replay_lsn = state.replay_lsn.max(Some(lsn));
     }
 
-    pub(crate) fn status(&self) -> ReplicaStatus {
-        ReplicaStatus {
-            name: self.name.clone(),
-            state: self.state().clone(),
+    /// A connection to this replica once it has replayed `must_replay` (when set); `None`
+    /// when `deadline` passes first.
+    pub(crate) async fn ready(
+        &self,
+        must_replay: Option<Lsn>,
+        deadline: Instant,
+    ) -> Result<Option<Lease>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(lsn) = must_replay else {
+            return Ok(Some(conn));
+        };
+        let replayed = self.wait_for_replay(&mut conn, lsn, deadline).await;
+        if discard_if_broken(&mut conn, replayed)? {
+            return Ok(Some(conn));
         }
+        conn.give_back();
+        Ok(None)
+    }
+
+    /// Polls the replica until it has replayed `lsn`; false when `deadline` passes first.
+    async fn wait_for_replay(
+        &self,
+        conn: &mut PgConnection,
+        lsn: Lsn,
+        deadline: Instant,
+    ) -> Result<bool, sqlx::Error> {
+        // The known figure only ever trails the real one, so if it suffices, no query is
+        // needed.
+        if self.replay_lsn().is_some_and(|seen| seen >= lsn) {
+            return Ok(true);
+        }
+        // Poll soon, then back off: a replica that keeps up is seen at once, one that lags
+        // costs few queries.
+        let mut poll = Duration::from_millis(1);
+        const MAX_POLL: Duration = Duration::from_millis(8);
+        loop {
+            crate::metrics::causal_query(&self.name, "wait");
+            if let Some(seen) = crate::lsn::replayed(&mut *conn).await? {
+                self.note_replayed(seen);
+                if seen >= lsn {
+                    return Ok(true);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(poll.min(deadline - now)).await;
+            poll = (poll * 2).min(MAX_POLL);
+        }
+    }
+
+    pub(crate) fn status(&self) -> ReplicaStatus {
+        self.state().clone()
     }
 
     /// A read or a check could not reach the replica: stop routing to it until a check passes.
@@ -119,9 +162,9 @@ impl Replica {
         crate::metrics::replica(&self.name, state.usable, state.bytes_behind, state.lag_ms);
     }
 
-    /// Records a successful check. `behind_for` is how long ago the primary passed the
-    /// replica's replay position (zero when caught up); `None` (primary down) keeps the
-    /// previous lag.
+    /// Records a successful check. `behind` is how far, in bytes and in time, the replica's
+    /// replay position trails the primary (zero when caught up); `None` (primary down) keeps
+    /// the previous lag.
     pub(crate) fn record(
         &self,
         seen: Observation,

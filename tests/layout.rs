@@ -113,7 +113,11 @@ fn no_two_top_level_modules_of_any_crate_import_each_other() {
         let graph = imports(&src);
         assert!(graph.len() > 3, "{}: {graph:?}", src.display());
         if let Some(found) = any_cycle(&graph) {
-            panic!("a module cycle in {}: {}", src.display(), found.join(" -> "));
+            panic!(
+                "a module cycle in {}: {}",
+                src.display(),
+                found.join(" -> ")
+            );
         }
     }
 }
@@ -177,7 +181,10 @@ fn every_rust_block_in_the_docs_is_copied_from_compiled_code() {
         docs.push(entry.unwrap().path());
     }
     let mut checked = 0;
-    for doc in docs.iter().filter(|d| d.extension().is_some_and(|e| e == "md")) {
+    for doc in docs
+        .iter()
+        .filter(|d| d.extension().is_some_and(|e| e == "md"))
+    {
         for block in rust_blocks(&std::fs::read_to_string(doc).unwrap()) {
             let block = unindented(&block);
             assert!(

@@ -4,7 +4,8 @@
 //! A request's [`Visit`] loads the record its cookie names; the handler counts the visit or
 //! keeps a write, and [`save`], the middleware, saves the record once the handler is done and
 //! hands the browser its cookie. The record is rwsplit's own struct in JSON: a general session
-//! layer's map of `serde_json::Value`s cost a fifth of the web tier's CPU (BENCHMARKS.md).
+//! layer's map of `serde_json::Value`s cost more CPU than the rest of a request's session work
+//! (BENCHMARKS.md, "Design choices").
 
 mod id;
 mod store;

@@ -187,25 +187,10 @@ async fn two_requests_of_one_session_on_two_instances_keep_the_larger_token() {
     web1.delete(id).await.unwrap();
 }
 
-/// The queries causal mode added to reads, by kind (`wait`, `observe`), as the
-/// router counted them into `metrics`.
-fn causal_queries(metrics: &PrometheusHandle) -> HashMap<String, u64> {
-    let mut kinds = HashMap::new();
-    for line in metrics.render().lines() {
-        let Some(labels) = line.strip_prefix("causal_queries_total{") else {
-            continue;
-        };
-        let (labels, count) = labels.rsplit_once("} ").unwrap();
-        let kind = labels
-            .split("kind=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        *kinds.entry(kind.to_owned()).or_default() += count.parse::<u64>().unwrap();
-    }
-    kinds
+/// The queries causal mode added to reads of `kind` (`wait`, `observe`), as the router
+/// counted them into `metrics`.
+fn causal_queries(metrics: &PrometheusHandle, kind: &str) -> f64 {
+    common::metric_sum(&metrics.render(), "causal_queries_total", &[("kind", kind)])
 }
 
 /// Writes one row on the primary in `ctx`.
@@ -275,8 +260,7 @@ async fn a_read_after_the_session_s_own_write_goes_to_a_replica_that_has_it_and_
     );
     // The replica's position, asked after the read, covers all the read saw: the router and
     // the session know the replica at least as far as the write.
-    let queries = causal_queries(&metrics);
-    assert_eq!(queries.get("observe"), Some(&1), "{queries:?}");
+    assert_eq!(causal_queries(&metrics, "observe"), 1.0);
     let known = db.replica_statuses()[0].replay_lsn;
     assert!(known >= Some(token), "{known:?} < {token}");
     assert!(
@@ -309,8 +293,7 @@ async fn a_read_after_the_session_s_own_write_on_a_slow_replica_waits_then_reads
         "{:?}",
         read.reason
     );
-    let queries = causal_queries(&metrics);
-    assert!(queries.get("wait").is_some_and(|&n| n >= 1), "{queries:?}");
+    assert!(causal_queries(&metrics, "wait") >= 1.0);
 }
 
 #[tokio::test]
@@ -341,4 +324,129 @@ async fn a_token_beyond_the_session_s_own_write_keeps_reads_off_a_replica_that_o
         read.reason
     );
     assert_eq!(ctx.token, Some(ahead));
+}
+
+/// Replay checks (`wait` queries) every instance made on `node`, or on any node.
+async fn waits(stack: &common::Stack, node: Option<&str>) -> f64 {
+    let mut labels = vec![("kind", "wait")];
+    labels.extend(node.map(|n| ("node", n)));
+    common::stack_metric(stack, "causal_queries_total", &labels).await
+}
+
+/// `n` causal `GET /` in a row through nginx, one session: each page's reading node and
+/// the reason it gives.
+async fn causal_pages(stack: &common::Stack, n: usize) -> Vec<(String, String)> {
+    let client = client();
+    let mut pages = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (status, page) = common::get_page(&client, &format!("{}/", stack.url)).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(common::text_of(&page, "freshness"), Some("seen"));
+        let text = |id| common::text_of(&page, id).unwrap_or_default().to_owned();
+        pages.push((text("read-node"), text("read-reason")));
+    }
+    pages
+}
+
+/// Long enough under traffic for every instance to have measured a changed lag, by a
+/// monitor check or by one wait.
+const LEARN: Duration = Duration::from_secs(1);
+
+/// Traffic for [`LEARN`]: how many pages that took.
+async fn learn(stack: &common::Stack) -> usize {
+    let started = Instant::now();
+    let mut pages = 0;
+    while started.elapsed() < LEARN {
+        pages += causal_pages(stack, 3).await.len();
+    }
+    pages
+}
+
+#[tokio::test]
+async fn with_every_replica_500_ms_behind_causal_pages_read_the_primary_without_waiting() {
+    let stack = common::Stack::get();
+    common::every_replica_usable(&stack).await;
+    let _delay = stack.delayed(500);
+    let before = waits(&stack, None).await;
+    let pages = learn(&stack).await;
+    let learning = waits(&stack, None).await - before;
+    println!("{learning} replay checks over the first {pages} pages");
+
+    let before = waits(&stack, None).await;
+    let read = causal_pages(&stack, 50).await;
+    let waited = waits(&stack, None).await - before;
+
+    assert_eq!(waited, 0.0, "reads waited for replicas 500 ms behind");
+    for (node, reason) in &read {
+        assert_eq!(node, "primary", "{reason}");
+        assert!(reason.contains("without waiting"), "{reason}");
+    }
+    // Learning took a few futile waits at most: polls back off to 8 ms, so a 50 ms wait
+    // polls about ten times; two such waits per instance, and the rest never waited.
+    assert!(
+        learning <= f64::from(stack.web) * 2.0 * 12.0,
+        "{learning} replay checks while learning"
+    );
+    // /test counts them: each probe's read after its write went to the primary at once.
+    let url = format!("{}/test.json?mode=causal&n=10", stack.url);
+    let (status, report) = get_json(&client(), &url).await;
+    assert_eq!(status, 200, "{report}");
+    let summary = &report["runs"][0]["summary"];
+    assert!(
+        summary["primary_without_wait"].as_u64().unwrap() >= 10,
+        "{summary}"
+    );
+    assert!(summary["waited_reads"].is_u64(), "{summary}");
+}
+
+#[tokio::test]
+async fn when_the_replicas_catch_up_causal_reads_return_to_them_within_a_few_checks() {
+    let stack = common::Stack::get();
+    common::every_replica_usable(&stack).await;
+    let delay = stack.delayed(500);
+    learn(&stack).await;
+    assert!(
+        causal_pages(&stack, 9)
+            .await
+            .iter()
+            .all(|(node, _)| node == "primary"),
+        "a replica 500 ms behind answered"
+    );
+    drop(delay);
+    // The monitor checks every 200 ms on the test stack: ten checks at the most.
+    let caught_up = Instant::now();
+    common::eventually(
+        Duration::from_secs(2),
+        "causal reads back on the replicas",
+        || async {
+            causal_pages(&stack, 9)
+                .await
+                .iter()
+                .all(|(node, _)| node.starts_with("replica"))
+        },
+    )
+    .await;
+    println!(
+        "back on the replicas {:?} after the delay went",
+        caught_up.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn with_replicas_0_and_1500_ms_behind_causal_reads_go_to_the_fresh_one_and_never_wait_on_the_slow_one()
+ {
+    let stack = common::Stack::get();
+    assert!(stack.replicas >= 2, "needs two replicas");
+    common::every_replica_usable(&stack).await;
+    let _delay = stack.delayed_one("replica2", 1500);
+    learn(&stack).await;
+
+    let before = waits(&stack, Some("replica2")).await;
+    let read = causal_pages(&stack, 50).await;
+    let waited = waits(&stack, Some("replica2")).await - before;
+
+    assert_eq!(waited, 0.0, "reads waited on the replica 1,500 ms behind");
+    assert!(read.iter().all(|(node, _)| node != "replica2"), "{read:?}");
+    let fresh = read.iter().filter(|(node, _)| node == "replica1").count();
+    assert!(fresh >= 45, "{fresh} of 50 on replica1: {read:?}");
 }

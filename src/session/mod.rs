@@ -4,7 +4,7 @@
 //! A request's [`Visit`] loads the record its cookie names; the handler counts the visit or
 //! keeps a write, and [`save`], the middleware, saves the record once the handler is done and
 //! hands the browser its cookie. The record is rwsplit's own struct in JSON: a general session
-//! layer's map of `serde_json::Value`s cost more CPU than the rest of a request's session work
+//! layer's map of `serde_json::Value`s cost measurably more CPU
 //! (BENCHMARKS.md, "Design choices").
 
 mod id;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::PgConnection;
 
-use rwsplit_router::{Consistency, Db, DbError, Lsn, ReadContext, Routed};
+use rwsplit_router::{Consistency, Db, DbError, Lsn, ReadContext, Reason, Routed};
 
 pub const DEFAULT_PROBES: u32 = 10;
 pub const MAX_PROBES: u32 = 200;
@@ -69,6 +69,10 @@ pub struct Summary {
     /// Causal waits for a replica, over the writer's and the reader's reads that waited.
     pub wait_p50_ms: Option<f64>,
     pub wait_max_ms: Option<f64>,
+    /// The writer's and the reader's reads that waited for a replica to replay, and those
+    /// that went to the primary at once because no replica was expected in time.
+    pub waited_reads: usize,
+    pub primary_without_wait: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,6 +115,7 @@ pub async fn run(
     let mut durations = Vec::with_capacity(n as usize);
     let mut ids = Vec::with_capacity(n as usize);
     let mut reader = Reader::new(ctx.mode);
+    let mut waits = Waits::default();
     for seq in 1..=n {
         let started = Instant::now();
         let id = write(db, instance, &mut ctx).await?;
@@ -125,7 +130,8 @@ pub async fn run(
         durations.push(ms(started.elapsed()));
         committed_at.push(committed);
         ids.push(id);
-        let time_travel = reader.read(db, &ids).await?;
+        waits.count(reason);
+        let time_travel = reader.read(db, &ids, &mut waits).await?;
         probes.push(Probe {
             seq,
             id,
@@ -143,8 +149,29 @@ pub async fn run(
         });
     }
     watch_until_visible(db, &mut probes, &committed_at).await;
-    let summary = summarize(ctx.mode, &probes, &mut durations, reader);
+    let summary = summarize(ctx.mode, &probes, &mut durations, reader, waits);
     Ok((Run { summary, probes }, ctx))
+}
+
+/// What the run's reads, the writer's and the reader's, cost in causal waits.
+#[derive(Default)]
+struct Waits {
+    /// How long each read that could wait did (zero where the replica already had the token).
+    times: Vec<u64>,
+    waited: usize,
+    skipped: usize,
+}
+
+impl Waits {
+    fn count(&mut self, reason: Reason) {
+        self.times.extend(reason.waited_ms());
+        match reason {
+            Reason::CausalTimeout { .. } => self.waited += 1,
+            Reason::Replayed { waited_ms } if waited_ms > 0 => self.waited += 1,
+            Reason::ReplicasBehind { .. } => self.skipped += 1,
+            _ => {}
+        }
+    }
 }
 
 /// A session that never writes, reading what the writer wrote, with a context of its own.
@@ -153,7 +180,6 @@ struct Reader {
     seen: BTreeSet<i64>,
     reads: usize,
     replica_reads: usize,
-    waits: Vec<u64>,
 }
 
 impl Reader {
@@ -163,13 +189,12 @@ impl Reader {
             seen: BTreeSet::new(),
             reads: 0,
             replica_reads: 0,
-            waits: Vec::new(),
         }
     }
 
     /// Reads which of `ids` exist, [`READER_READS`] times; returns how many of those reads
     /// missed a row an earlier read had shown.
-    async fn read(&mut self, db: &Db, ids: &[i64]) -> Result<u32, DbError> {
+    async fn read(&mut self, db: &Db, ids: &[i64], waits: &mut Waits) -> Result<u32, DbError> {
         let mut missed = 0;
         for _ in 0..READER_READS {
             let read = db
@@ -185,7 +210,7 @@ impl Reader {
                 .await?;
             self.reads += 1;
             self.replica_reads += usize::from(read.reason.on_replica());
-            self.waits.extend(read.reason.waited_ms());
+            waits.count(read.reason);
             let now: BTreeSet<i64> = read.value.into_iter().collect();
             if !self.seen.is_subset(&now) {
                 missed += 1;
@@ -272,6 +297,7 @@ fn summarize(
     probes: &[Probe],
     durations: &mut [f64],
     reader: Reader,
+    waits: Waits,
 ) -> Summary {
     let count = probes.len();
     let stale = probes.iter().filter(|p| p.stale).count();
@@ -279,13 +305,8 @@ fn summarize(
     let mut visible: Vec<f64> = probes.iter().filter_map(|p| p.visible_ms).collect();
     visible.sort_by(f64::total_cmp);
     durations.sort_by(f64::total_cmp);
-    let mut waits: Vec<f64> = probes
-        .iter()
-        .filter_map(|p| p.waited_ms)
-        .chain(reader.waits.iter().copied())
-        .map(|w| w as f64)
-        .collect();
-    waits.sort_by(f64::total_cmp);
+    let mut times: Vec<f64> = waits.times.iter().map(|&w| w as f64).collect();
+    times.sort_by(f64::total_cmp);
     Summary {
         mode,
         probes: count,
@@ -304,8 +325,10 @@ fn summarize(
         reader_reads: reader.reads,
         reader_replica_reads: reader.replica_reads,
         time_travel: probes.iter().map(|p| p.time_travel as usize).sum(),
-        wait_p50_ms: percentile(&waits, 50),
-        wait_max_ms: waits.last().copied(),
+        wait_p50_ms: percentile(&times, 50),
+        wait_max_ms: times.last().copied(),
+        waited_reads: waits.waited,
+        primary_without_wait: waits.skipped,
     }
 }
 

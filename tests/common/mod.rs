@@ -270,6 +270,34 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::
     (status, res.json().await.expect("JSON body"))
 }
 
+/// The sum of every series of `name` in Prometheus text whose labels include all of
+/// `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let matches = (series.is_empty() || series.starts_with('{'))
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// [`metric_sum`] over every web instance's `/metrics`.
+pub async fn stack_metric(stack: &Stack, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let client = client();
+    let mut sum = 0.0;
+    for web in 1..=stack.web {
+        let (status, text) = get_page(&client, &format!("{}/metrics", stack.web_url(web))).await;
+        assert_eq!(status, 200, "web{web} /metrics");
+        sum += metric_sum(&text, name, labels);
+    }
+    sum
+}
+
 /// What a bounded load run saw.
 #[derive(Debug, Default)]
 pub struct LoadReport {

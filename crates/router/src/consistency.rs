@@ -134,6 +134,12 @@ pub enum Reason {
         /// How long the read waited before giving up on the replicas.
         waited_ms: u64,
     },
+    /// Causal mode: no usable replica was predicted to reach the session's token within the
+    /// wait, so the read did not wait.
+    ReplicasBehind {
+        /// How long the nearest replica was expected to take to get there.
+        behind_ms: u64,
+    },
     /// Sticky or causal, but the session store was unavailable.
     SessionUnavailable,
     /// Every replica is down, lagging or excluded.
@@ -152,6 +158,7 @@ impl Reason {
             Self::Replayed { .. } => "replayed",
             Self::StickyWindow { .. } => "sticky_window",
             Self::CausalTimeout { .. } => "causal_timeout",
+            Self::ReplicasBehind { .. } => "replicas_behind",
             Self::SessionUnavailable => "session_unavailable",
             Self::NoUsableReplica => "no_usable_replica",
             Self::ReplicasBusy => "replicas_busy",
@@ -199,6 +206,11 @@ impl fmt::Display for Reason {
             Self::CausalTimeout { waited_ms } => {
                 write!(f, "no replica had caught up within {waited_ms} ms")
             }
+            Self::ReplicasBehind { behind_ms } => write!(
+                f,
+                "the nearest replica is about {behind_ms} ms behind your session, \
+                 so the primary answered without waiting"
+            ),
             Self::SessionUnavailable => {
                 f.write_str("the session store is unavailable, so your last write is unknown")
             }
@@ -234,6 +246,11 @@ mod tests {
         assert_eq!(
             Reason::CausalTimeout { waited_ms: 50 }.to_string(),
             "no replica had caught up within 50 ms"
+        );
+        assert_eq!(
+            Reason::ReplicasBehind { behind_ms: 480 }.to_string(),
+            "the nearest replica is about 480 ms behind your session, \
+             so the primary answered without waiting"
         );
     }
 

@@ -11,10 +11,11 @@ use crate::config::{Config, PoolConfig, RoutingConfig};
 use crate::consistency::{ReadContext, Reason};
 use crate::error::DbError;
 use crate::guard::{PRIMARY, Reader, Routed, Writer};
-use crate::monitor::{History, Monitor};
+use crate::monitor::Monitor;
 use crate::pool::{BoxFuture, Pool};
 use crate::replica::{Replica, ReplicaStatus};
 use crate::route::{self, Misses, ReplicaView, Route};
+use crate::timeline::Timeline;
 
 /// The read-only pool on the primary, as metrics name it.
 const PRIMARY_READS: &str = "primary_reads";
@@ -31,7 +32,7 @@ pub struct Db {
     pools: PoolConfig,
     routing: RoutingConfig,
     /// The primary's recent WAL positions, which replica lag is measured against.
-    history: tokio::sync::Mutex<History>,
+    timeline: Timeline,
 }
 
 impl Db {
@@ -77,7 +78,8 @@ impl Db {
             replicas,
             next_replica: AtomicUsize::new(0),
             fallback_reads: AtomicU64::new(0),
-            history: tokio::sync::Mutex::new(History::new(routing.check_interval, routing.max_lag)),
+            // Lags up to twice the limit measured: an excluded replica's lag is still shown.
+            timeline: Timeline::new(routing.max_lag * 2),
             pools,
             routing,
         }
@@ -85,13 +87,13 @@ impl Db {
 
     /// A connection to the primary. Run the write on it, then hand its result to
     /// [`Writer::finish`], which records the write in `ctx` for this session's later reads.
-    pub async fn writer<'a>(&self, ctx: &'a mut ReadContext) -> Result<Writer<'a>, DbError> {
+    pub async fn writer<'a>(&'a self, ctx: &'a mut ReadContext) -> Result<Writer<'a>, DbError> {
         let conn = self
             .primary
             .acquire()
             .await
             .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
-        Ok(Writer::new(ctx, conn))
+        Ok(Writer::new(ctx, conn, &self.timeline))
     }
 
     /// Runs `query` on the primary and records the write in `ctx`, like [`Db::writer`].
@@ -122,7 +124,8 @@ impl Db {
                 for i in order {
                     let replica = &self.replicas[i];
                     let limit = self.pools.replica_read_timeout;
-                    let ready = tokio::time::timeout(limit, replica.ready(must_replay, deadline))
+                    let ready = replica.ready(must_replay, deadline, &self.timeline);
+                    let ready = tokio::time::timeout(limit, ready)
                         .await
                         .unwrap_or_else(|_| Err(no_answer(limit)));
                     match ready {
@@ -133,7 +136,8 @@ impl Db {
                                 },
                                 None => Reason::AnyReplica,
                             };
-                            return Ok(Reader::new(ctx, conn, Some(replica), reason));
+                            let timeline = &self.timeline;
+                            return Ok(Reader::new(ctx, conn, Some(replica), reason, timeline));
                         }
                         Ok(None) => misses.timed_out = true,
                         // A full pool means this instance is busy, not that the replica is
@@ -222,7 +226,7 @@ impl Db {
         crate::monitor::check(
             &self.primary_reads,
             &self.replicas,
-            &self.history,
+            &self.timeline,
             &self.routing,
         )
         .await;
@@ -289,20 +293,18 @@ impl Db {
             .acquire()
             .await
             .map_err(|e| DbError::from_sqlx(PRIMARY, e))?;
-        Ok(Reader::new(ctx, conn, None, reason))
+        Ok(Reader::new(ctx, conn, None, reason, &self.timeline))
     }
 
     /// Where a read in `ctx` may go, from the replicas' last known states.
     fn route(&self, ctx: &ReadContext) -> Route {
         let views: Vec<ReplicaView> = self.replicas.iter().map(Replica::view).collect();
         let start = self.next_replica.fetch_add(1, Ordering::Relaxed);
-        route::route(
-            ctx,
-            &views,
-            start,
-            self.routing.sticky_window,
-            unix_millis(),
-        )
+        let token_age = match ctx.token {
+            Some(token) if ctx.tracks_reads() => self.timeline.age(token, Instant::now()),
+            _ => Duration::ZERO,
+        };
+        route::route(ctx, &views, start, &self.routing, unix_millis(), token_age)
     }
 }
 

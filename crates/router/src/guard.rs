@@ -2,6 +2,7 @@
 //! records what the session must remember.
 
 use std::ops::{Deref, DerefMut};
+use std::time::Instant;
 
 use sqlx::PgConnection;
 
@@ -9,6 +10,7 @@ use crate::consistency::{ReadContext, Reason, WriteMark};
 use crate::error::DbError;
 use crate::pool::{Lease, discard_if_broken};
 use crate::replica::Replica;
+use crate::timeline::Timeline;
 
 /// The primary's name in results, errors and metrics.
 pub const PRIMARY: &str = "primary";
@@ -42,11 +44,16 @@ impl<T> Routed<T> {
 pub struct Writer<'a> {
     ctx: &'a mut ReadContext,
     conn: Lease,
+    timeline: &'a Timeline,
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(ctx: &'a mut ReadContext, conn: Lease) -> Self {
-        Self { ctx, conn }
+    pub(crate) fn new(ctx: &'a mut ReadContext, conn: Lease, timeline: &'a Timeline) -> Self {
+        Self {
+            ctx,
+            conn,
+            timeline,
+        }
     }
 
     /// Takes the write's result: on success, records the write in the session's context (and,
@@ -66,6 +73,7 @@ impl<'a> Writer<'a> {
             lsn,
         });
         if let Some(lsn) = lsn {
+            self.timeline.record(Instant::now(), lsn);
             self.ctx.observe(lsn);
         }
         self.conn.give_back();
@@ -97,6 +105,7 @@ pub struct Reader<'a> {
     /// `None` on the primary.
     replica: Option<&'a Replica>,
     reason: Reason,
+    timeline: &'a Timeline,
 }
 
 impl<'a> Reader<'a> {
@@ -105,12 +114,14 @@ impl<'a> Reader<'a> {
         conn: Lease,
         replica: Option<&'a Replica>,
         reason: Reason,
+        timeline: &'a Timeline,
     ) -> Self {
         Self {
             ctx,
             conn,
             replica,
             reason,
+            timeline,
         }
     }
 
@@ -144,8 +155,9 @@ impl<'a> Reader<'a> {
                 None => crate::lsn::current(&mut self.conn).await.map(Some),
             };
             if let Some(lsn) = discard_if_broken(&mut self.conn, seen).map_err(failed)? {
-                if let Some(replica) = replica {
-                    replica.note_replayed(lsn);
+                match replica {
+                    Some(replica) => replica.note_replayed(lsn, self.timeline),
+                    None => self.timeline.record(Instant::now(), lsn),
                 }
                 self.ctx.observe(lsn);
             }

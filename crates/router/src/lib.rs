@@ -11,6 +11,9 @@
 //!   (in its session store): its last write and its causal token, the highest WAL position
 //!   it has observed. [`Consistency::Causal`] reads go only to a replica that has replayed
 //!   that far: read-your-writes and monotonic reads, across any number of web instances.
+//!   They wait only for a replica expected to get there within [`RoutingConfig::causal_wait`],
+//!   judged by how far behind in time each replica was last seen; with none, the primary
+//!   answers at once ([`Reason::ReplicasBehind`]).
 //! - Every read says where it went and why ([`Routed`], [`Reason`]); operators see each
 //!   replica's state ([`Db::replica_statuses`]).
 //! - Errors say whether the node was unreachable (retry later) or the query failed
@@ -79,6 +82,7 @@ mod monitor;
 mod pool;
 mod replica;
 mod route;
+mod timeline;
 
 pub use config::{Config, PoolConfig, RoutingConfig};
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};

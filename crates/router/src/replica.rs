@@ -10,6 +10,7 @@ use crate::clock::millis;
 use crate::lsn::Lsn;
 use crate::pool::{Lease, Pool, discard_if_broken};
 use crate::route::ReplicaView;
+use crate::timeline::Timeline;
 
 /// One replica's pool and last known state.
 #[derive(Debug)]
@@ -34,8 +35,8 @@ pub struct ReplicaStatus {
     pub replay_lsn: Option<Lsn>,
     /// How far its replay trails the primary's position, in bytes.
     pub bytes_behind: Option<u64>,
-    /// How long ago the primary passed the position the replica has replayed to: zero when
-    /// it has replayed everything, accurate to one monitor interval.
+    /// How long ago the primary passed the position the replica has replayed to, as last
+    /// seen by a check or a read: zero when it has replayed everything.
     pub lag_ms: Option<u64>,
     /// `now() - pg_last_xact_replay_timestamp()` on the replica, reported as is: it grows
     /// while the primary is idle even though nothing is missing.
@@ -80,6 +81,7 @@ impl Replica {
         ReplicaView {
             usable: state.usable,
             replayed: state.replay_lsn,
+            lag: state.lag_ms.map(Duration::from_millis),
         }
     }
 
@@ -87,25 +89,37 @@ impl Replica {
         self.state().replay_lsn
     }
 
-    /// A read saw the replica at `lsn`: a fresher lower bound than the last check's, so later
-    /// causal reads up to it need no replay query. Never moves the figure back.
-    pub(crate) fn note_replayed(&self, lsn: Lsn) {
+    /// A read or a replay wait saw the replica at `lsn`, just now: a fresher lower bound than
+    /// the last check's, so later causal reads up to it need no replay query, and a fresh
+    /// measure of its lag. An observation older than what is known changes nothing.
+    pub(crate) fn note_replayed(&self, lsn: Lsn, timeline: &Timeline) {
+        let behind = timeline.behind(lsn, Instant::now());
         let mut state = self.state();
-        state.replay_lsn = state.replay_lsn.max(Some(lsn));
+        if state.replay_lsn > Some(lsn) {
+            return;
+        }
+        state.replay_lsn = Some(lsn);
+        if let Some((bytes, lag)) = behind {
+            state.bytes_behind = Some(bytes);
+            state.lag_ms = Some(millis(lag));
+        }
     }
 
     /// A connection to this replica once it has replayed `must_replay` (when set); `None`
-    /// when `deadline` passes first.
+    /// when `deadline` passes first. What each poll sees goes into the replica's state.
     pub(crate) async fn ready(
         &self,
         must_replay: Option<Lsn>,
         deadline: Instant,
+        timeline: &Timeline,
     ) -> Result<Option<Lease>, sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         let Some(lsn) = must_replay else {
             return Ok(Some(conn));
         };
-        let replayed = self.wait_for_replay(&mut conn, lsn, deadline).await;
+        let replayed = self
+            .wait_for_replay(&mut conn, lsn, deadline, timeline)
+            .await;
         if discard_if_broken(&mut conn, replayed)? {
             return Ok(Some(conn));
         }
@@ -119,6 +133,7 @@ impl Replica {
         conn: &mut PgConnection,
         lsn: Lsn,
         deadline: Instant,
+        timeline: &Timeline,
     ) -> Result<bool, sqlx::Error> {
         // The known figure only ever trails the real one, so if it suffices, no query is
         // needed.
@@ -132,7 +147,7 @@ impl Replica {
         loop {
             crate::metrics::causal_query(&self.name, "wait");
             if let Some(seen) = crate::lsn::replayed(&mut *conn).await? {
-                self.note_replayed(seen);
+                self.note_replayed(seen, timeline);
                 if seen >= lsn {
                     return Ok(true);
                 }

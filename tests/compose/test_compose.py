@@ -49,7 +49,8 @@ def dockerfile_of(service):
 def test_every_image_is_built_here_from_debian_bookworm_slim():
     """No registry image but the one base: debian:bookworm-slim (and Rust's, to build web)."""
     for name, service in SERVICES.items():
-        assert "build" in service and "image" not in service, f"{name} is not built from this repository"
+        # An `image:` beside `build:` only names what is built here.
+        assert "build" in service, f"{name} is not built from this repository"
         dockerfile = dockerfile_of(name).read_text()
         stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?", dockerfile, re.M)
         names = {alias for _, alias in stages if alias}
@@ -59,6 +60,9 @@ def test_every_image_is_built_here_from_debian_bookworm_slim():
 
 def test_database_nodes_share_one_image_and_the_native_stacks_scripts():
     assert {dockerfile_of(n) for n in ["primary", "replica1", "replica2"]} == {ROOT / "docker/postgres/Dockerfile"}
+    # One named image, so Compose stores it once rather than once per node.
+    images = {SERVICES[n].get("image") for n in ["primary", "replica1", "replica2"]}
+    assert len(images) == 1 and None not in images, images
     roles = {n: SERVICES[n]["environment"]["PG_ROLE"] for n in ["primary", "replica1", "replica2"]}
     assert roles == {"primary": "primary", "replica1": "replica", "replica2": "replica"}
     dockerfile = (ROOT / "docker/postgres/Dockerfile").read_text()

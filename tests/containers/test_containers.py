@@ -236,9 +236,11 @@ def test_thirty_visits_of_one_session_spread_over_instances_and_read_the_replica
     assert set(instances) <= web_instances(), (instances, web_instances())
     assert visits == list(range(visits[0], visits[0] + 30)), visits
     # Causal mode: a read waits CAUSAL_WAIT_MS for the replica to replay the visit's own write,
-    # then goes to the primary. On a busy machine (the native tiers run beside this phase) an
-    # odd wait can run out; any other way to the primary is a failure.
-    assert all(r.startswith("primary: no replica had caught up within") for r in elsewhere), elsewhere
+    # then goes to the primary; after such a wait ran out, the next reads go to the primary at
+    # once until the replica is seen caught up. On a busy machine (the native tiers run beside
+    # this phase) an odd wait can run out; any other way to the primary is a failure.
+    behind = ("primary: no replica had caught up within", "primary: the nearest replica is about")
+    assert all(r.startswith(behind) for r in elsewhere), elsewhere
     assert nodes["replica1"] >= 27, nodes
 
 
@@ -394,6 +396,8 @@ def test_down_and_up_keep_the_data_and_the_replica_and_a_second_replica_serves_r
         nodes[client.page()["read-node"]] += 1
     report("replica2", nodes=dict(nodes))
     assert nodes["replica2"] > 0, nodes
+    images = {docker("inspect", "-f", "{{.Image}}", container(n)) for n in ["primary", "replica1", "replica2"]}
+    assert len(images) == 1, f"the database nodes run {len(images)} images"
 
     compose("--profile", "replica2", "down", "-v", "--timeout", "10")
     assert not project_containers()

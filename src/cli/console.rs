@@ -179,7 +179,8 @@ impl Console {
 
     async fn probe(&self, modes: Vec<Consistency>, n: u32) -> Result<String, DbError> {
         let mut out = String::from(
-            "mode      probes  stale  time travel  on replicas  visible p50  p95       max\n",
+            "mode      probes  stale  time travel  on replicas  visible p50  p95       max       \
+             waited  primary at once\n",
         );
         let mut ctx = ReadContext::new(self.default_mode, None);
         for mode in modes {
@@ -190,7 +191,7 @@ impl Console {
             let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"));
             let _ = writeln!(
                 out,
-                "{:<9} {:<7} {:<6} {:<12} {:<12} {:<12} {:<9} {}",
+                "{:<9} {:<7} {:<6} {:<12} {:<12} {:<12} {:<9} {:<9} {:<7} {}",
                 s.mode.as_str(),
                 s.probes,
                 s.stale,
@@ -198,7 +199,9 @@ impl Console {
                 format!("{:.0}%", s.replica_share * 100.0),
                 ms(s.visible_p50_ms),
                 ms(s.visible_p95_ms),
-                ms(s.visible_max_ms)
+                ms(s.visible_max_ms),
+                s.waited_reads,
+                s.primary_without_wait
             );
         }
         Ok(out)

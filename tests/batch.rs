@@ -16,21 +16,12 @@ use rwsplit_router::{Consistency, ReadContext};
 
 /// `(batches, rows)` from an instance's `request_log_batch_rows` histogram.
 async fn batches(url: &str) -> (u64, u64) {
-    let metrics = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
-    };
+    let (status, metrics) = common::get_page(&client(), &format!("{url}/metrics")).await;
+    assert_eq!(status, 200, "{url}/metrics");
+    let value = |name| common::metric_sum(&metrics, name, &[]) as u64;
     (
-        value("request_log_batch_rows_count "),
-        value("request_log_batch_rows_sum "),
+        value("request_log_batch_rows_count"),
+        value("request_log_batch_rows_sum"),
     )
 }
 

@@ -396,7 +396,6 @@ async fn with_every_replica_500_ms_behind_causal_pages_read_the_primary_without_
         summary["primary_without_wait"].as_u64().unwrap() >= 10,
         "{summary}"
     );
-    assert!(summary["waited_reads"].is_u64(), "{summary}");
 }
 
 #[tokio::test]

@@ -1,8 +1,8 @@
 //! Group commit for the request log, an optimisation on top of [`log`](super::log): the
 //! `GET /` requests that arrive on one instance while earlier ones are still at the database
-//! share one insert on the primary and one read through the read route. The database then sees a few round trips per batch instead of four
-//! per request, which is what lets the app approach a limit that pgbench measures one row at
-//! a time.
+//! share one insert on the primary and one read through the read route. The database then
+//! sees a few round trips per batch instead of four per request, which is what lets the app
+//! approach a limit that pgbench measures one row at a time.
 //!
 //! One batch at a time per instance, and no timer: an idle instance writes a lone request at
 //! once, and a batch collects what arrived while the previous one was at the database, and

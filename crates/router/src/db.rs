@@ -79,7 +79,7 @@ impl Db {
             next_replica: AtomicUsize::new(0),
             fallback_reads: AtomicU64::new(0),
             // Lags up to twice the limit measured: an excluded replica's lag is still shown.
-            timeline: Timeline::new(routing.max_lag * 2),
+            timeline: Timeline::new(routing.max_lag.saturating_mul(2)),
             pools,
             routing,
         }

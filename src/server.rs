@@ -20,7 +20,7 @@ const MIGRATE_PATIENCE: Duration = Duration::from_secs(30);
 pub async fn migrate(config: &Config) -> Result<(), BoxError> {
     let started = Instant::now();
     loop {
-        match apply_migrations(&config.db.migration_url).await {
+        match apply_migrations(&config.db.migration_urls).await {
             Ok(()) => return Ok(()),
             Err(sqlx::migrate::MigrateError::Execute(e))
                 if DbError::is_unavailable_error(&e) && started.elapsed() < MIGRATE_PATIENCE =>
@@ -33,28 +33,66 @@ pub async fn migrate(config: &Config) -> Result<(), BoxError> {
     }
 }
 
-/// Applies `migrations/` on the primary as the migration role. sqlx holds an advisory lock
-/// while it runs, so instances that start together apply each migration once.
+/// Applies `migrations/` on the primary as the migration role: in a cluster, on the first of
+/// `urls` out of recovery. sqlx holds an advisory lock while it runs, so instances that start
+/// together apply each migration once.
 async fn apply_migrations(
-    url: &crate::secret::SecretUrl,
+    urls: &[crate::secret::SecretUrl],
 ) -> Result<(), sqlx::migrate::MigrateError> {
-    let options: PgConnectOptions = url.expose().parse()?;
-    let mut conn = PgConnection::connect_with(&options).await?;
-    let result = sqlx::migrate!("./migrations").run(&mut conn).await;
-    // The connection is dropped either way; a failed close changes nothing.
-    let _ = conn.close().await;
-    result
+    let mut last = None;
+    for url in urls {
+        let options: PgConnectOptions = url.expose().parse()?;
+        let mut conn = match PgConnection::connect_with(&options).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let result = if urls.len() > 1 {
+            sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut conn)
+                .await
+        } else {
+            Ok(false)
+        };
+        let result = match result {
+            Ok(false) => sqlx::migrate!("./migrations").run(&mut conn).await,
+            // A replica, or a node that failed to say: try the next.
+            Ok(true) => Err(sqlx::migrate::MigrateError::Execute(no_primary())),
+            Err(e) => Err(sqlx::migrate::MigrateError::Execute(e)),
+        };
+        // The connection is dropped either way; a failed close changes nothing.
+        let _ = conn.close().await;
+        match result {
+            Err(sqlx::migrate::MigrateError::Execute(e)) if DbError::is_unavailable_error(&e) => {
+                last = Some(e);
+            }
+            done => return done,
+        }
+    }
+    Err(sqlx::migrate::MigrateError::Execute(
+        last.unwrap_or_else(no_primary),
+    ))
+}
+
+/// No node out of recovery: a cluster mid-failover counts as not reachable yet.
+fn no_primary() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "no node is out of recovery",
+    ))
 }
 
 pub async fn serve(config: Config) -> Result<(), BoxError> {
     let state = AppState::new(config, crate::metrics::install()?)?;
     let config = state.config.clone();
-    if config.db.replica_urls.is_empty() {
+    if config.db.primary_url.is_some() && config.db.replica_urls.is_empty() {
         tracing::warn!("DATABASE_REPLICA_URLS is empty: every read goes to the primary");
     }
     tracing::info!(
         instance = %config.instance,
-        primary = %config.db.primary_url,
+        primary = ?config.db.primary_url,
         replicas = ?config.db.replica_urls,
         redis = %config.session.redis_url,
         mode = %config.consistency,

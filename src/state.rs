@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rwsplit_router::Db;
+use rwsplit_router::{Db, Nodes};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
@@ -34,13 +34,15 @@ impl AppState {
         metrics: metrics_exporter_prometheus::PrometheusHandle,
     ) -> Result<Self, redis::RedisError> {
         let db = Arc::new(Db::new(config.db.router.clone()));
-        let batcher = (config.request_log_batch > 1).then(|| {
-            Batcher::spawn(
-                db.clone(),
-                config.request_log_batch,
-                config.db.router.pools.acquire_timeout,
-            )
-        });
+        // A request waits for its batch as long as a write may wait for a connection: in a
+        // cluster, for a primary to be elected first.
+        let router = &config.db.router;
+        let patience = match router.nodes {
+            Nodes::Fixed { .. } => router.pools.acquire_timeout,
+            Nodes::Cluster(_) => router.pools.acquire_timeout + router.routing.failover_wait,
+        };
+        let batcher = (config.request_log_batch > 1)
+            .then(|| Batcher::spawn(db.clone(), config.request_log_batch, patience));
         Ok(Self {
             sessions: RedisStore::new(&config.session)?,
             config: Arc::new(config),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-use rwsplit_router::{Consistency, PoolConfig, RoutingConfig};
+use rwsplit_router::{Consistency, Nodes, PoolConfig, RoutingConfig};
 use sqlx::postgres::PgConnectOptions;
 
 pub use proxies::TrustedProxies;
@@ -34,11 +34,13 @@ pub struct DbConfig {
     /// What the router is given: connection options (with this instance's
     /// `application_name` and the statement timeout), pool bounds and routing limits.
     pub router: rwsplit_router::Config,
-    /// The same URLs, kept to be logged (redacted).
-    pub primary_url: SecretUrl,
+    /// The same URLs, kept to be logged (redacted): a fixed primary and its replicas, or a
+    /// cluster's nodes (`DATABASE_NODE_URLS`) as `replica_urls` with no primary.
+    pub primary_url: Option<SecretUrl>,
     pub replica_urls: Vec<SecretUrl>,
-    /// Who runs migrations: a role that may change the schema, unlike the app's own.
-    pub migration_url: SecretUrl,
+    /// Who runs migrations: a role that may change the schema, unlike the app's own. In a
+    /// cluster, one URL per node: migrations run on whichever is out of recovery.
+    pub migration_urls: Vec<SecretUrl>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,18 +113,36 @@ impl Config {
     pub fn from_source(src: &(impl Source + ?Sized)) -> Result<Self, ConfigError> {
         let r = Reader(src);
         let instance = r.string("INSTANCE_NAME", &host_name());
-        let primary_url = SecretUrl::new(r.string("DATABASE_URL", DEFAULT_DATABASE_URL));
-        let migration_url =
-            SecretUrl::new(r.string("DATABASE_MIGRATION_URL", primary_url.expose()));
-        // Set but empty means "no replicas"; only an unset variable takes the default.
-        let replica_urls: Vec<SecretUrl> = src
-            .get("DATABASE_REPLICA_URLS")
-            .unwrap_or_else(|| DEFAULT_REPLICA_URLS.to_owned())
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(SecretUrl::new)
-            .collect();
+        // Set but empty means "none"; only an unset variable takes the default.
+        let url_list = |var: &str, default: &str| -> Vec<SecretUrl> {
+            src.get(var)
+                .unwrap_or_else(|| default.to_owned())
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(SecretUrl::new)
+                .collect()
+        };
+        let node_urls = url_list("DATABASE_NODE_URLS", "");
+        let cluster = !node_urls.is_empty();
+        let (primary_url, replica_urls) = if cluster {
+            (None, node_urls)
+        } else {
+            let primary = SecretUrl::new(r.string("DATABASE_URL", DEFAULT_DATABASE_URL));
+            (
+                Some(primary),
+                url_list("DATABASE_REPLICA_URLS", DEFAULT_REPLICA_URLS),
+            )
+        };
+        let migration_urls = match &primary_url {
+            Some(primary) => vec![SecretUrl::new(
+                r.string("DATABASE_MIGRATION_URL", primary.expose()),
+            )],
+            None if src.get("DATABASE_MIGRATION_URL").is_some() => {
+                url_list("DATABASE_MIGRATION_URL", "")
+            }
+            None => replica_urls.clone(),
+        };
         let pools = PoolConfig::default();
         let pools = PoolConfig {
             primary_size: r.ranged("PRIMARY_POOL_SIZE", pools.primary_size, 1..=500)?,
@@ -153,6 +173,7 @@ impl Config {
                 50..=60_000,
             )?,
             max_lag: r.millis("REPLICA_MAX_LAG_MS", routing.max_lag, 1..=3_600_000)?,
+            failover_wait: r.millis("FAILOVER_WAIT_MS", routing.failover_wait, 0..=600_000)?,
         };
         let statement_timeout = r.millis(
             "DB_STATEMENT_TIMEOUT_MS",
@@ -168,21 +189,40 @@ impl Config {
                     .options([("statement_timeout", timeout.as_str())]),
             )
         };
+        let nodes = match &primary_url {
+            Some(primary) => Nodes::Fixed {
+                primary: connect("DATABASE_URL", primary)?,
+                replicas: replica_urls
+                    .iter()
+                    .map(|url| connect("DATABASE_REPLICA_URLS", url))
+                    .collect::<Result<_, _>>()?,
+            },
+            None => Nodes::Cluster(
+                replica_urls
+                    .iter()
+                    .map(|url| connect("DATABASE_NODE_URLS", url))
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
         let router = rwsplit_router::Config {
-            primary: connect("DATABASE_URL", &primary_url)?,
-            replicas: replica_urls
-                .iter()
-                .map(|url| connect("DATABASE_REPLICA_URLS", url))
-                .collect::<Result<_, _>>()?,
+            nodes,
             pools,
             routing,
         };
-        validate_url("DATABASE_MIGRATION_URL", &migration_url)?;
+        for url in &migration_urls {
+            validate_url("DATABASE_MIGRATION_URL", url)?;
+        }
+        if migration_urls.is_empty() {
+            return Err(ConfigError {
+                var: "DATABASE_MIGRATION_URL",
+                reason: "is empty".to_owned(),
+            });
+        }
         let db = DbConfig {
             router,
             primary_url,
             replica_urls,
-            migration_url,
+            migration_urls,
         };
         let session = SessionConfig {
             redis_url: SecretUrl::new(r.string("REDIS_URL", DEFAULT_REDIS_URL)),
@@ -199,6 +239,19 @@ impl Config {
             )?),
             redis_timeout: r.millis("REDIS_TIMEOUT_MS", Duration::from_millis(250), 10..=10_000)?,
         };
+        let request_timeout =
+            r.millis("REQUEST_TIMEOUT_MS", Duration::from_secs(30), 100..=600_000)?;
+        // A write that waited out the whole failover still needs time to run.
+        if db.router.routing.failover_wait >= request_timeout {
+            return Err(ConfigError {
+                var: "FAILOVER_WAIT_MS",
+                reason: format!(
+                    "{} ms is not under REQUEST_TIMEOUT_MS ({} ms)",
+                    db.router.routing.failover_wait.as_millis(),
+                    request_timeout.as_millis()
+                ),
+            });
+        }
         Ok(Self {
             bind: r.parsed("BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 3000)))?,
             instance,
@@ -212,11 +265,7 @@ impl Config {
             )?,
             session,
             trusted_proxies: r.parsed("TRUSTED_PROXIES", TrustedProxies::loopback())?,
-            request_timeout: r.millis(
-                "REQUEST_TIMEOUT_MS",
-                Duration::from_secs(30),
-                100..=600_000,
-            )?,
+            request_timeout,
             migrate_on_start: r.parsed("MIGRATE_ON_START", true)?,
             worker_threads: r.ranged("WORKER_THREADS", 1, 1..=256)?,
             log_format: match r.string("LOG_FORMAT", "text").as_str() {
@@ -317,9 +366,12 @@ mod tests {
     #[test]
     fn defaults_match_the_native_stack() -> Result<(), ConfigError> {
         let config = Config::from_source(&[])?;
-        assert_eq!(config.db.primary_url.expose(), DEFAULT_DATABASE_URL);
+        let primary = config.db.primary_url.as_ref().map(SecretUrl::expose);
+        assert_eq!(primary, Some(DEFAULT_DATABASE_URL));
         assert_eq!(config.db.replica_urls.len(), 1);
-        assert_eq!(config.db.router.replicas.len(), 1);
+        assert!(
+            matches!(&config.db.router.nodes, Nodes::Fixed { replicas, .. } if replicas.len() == 1)
+        );
         assert_eq!(config.consistency, Consistency::Causal);
         assert!(!config.instance.is_empty());
         Ok(())
@@ -329,9 +381,35 @@ mod tests {
     fn empty_replica_list_means_no_replicas() -> Result<(), ConfigError> {
         for empty in ["", " , "] {
             let config = Config::from_source(&[("DATABASE_REPLICA_URLS", empty)])?;
-            assert!(config.db.router.replicas.is_empty(), "{empty:?}");
+            let replicas = match &config.db.router.nodes {
+                Nodes::Fixed { replicas, .. } => replicas.len(),
+                Nodes::Cluster(_) => usize::MAX,
+            };
+            assert_eq!(replicas, 0, "{empty:?}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn node_urls_make_a_cluster_whose_migrations_find_the_primary() -> Result<(), ConfigError> {
+        let nodes = "postgres://u:p@h1/db, postgres://u:p@h2/db";
+        let config = Config::from_source(&[("DATABASE_NODE_URLS", nodes)])?;
+        assert!(matches!(&config.db.router.nodes, Nodes::Cluster(n) if n.len() == 2));
+        assert!(config.db.primary_url.is_none());
+        assert_eq!(config.db.migration_urls.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_failover_wait_must_leave_the_request_time_to_run() {
+        let err = Config::from_source(&[
+            ("FAILOVER_WAIT_MS", "30000"),
+            ("REQUEST_TIMEOUT_MS", "30000"),
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("FAILOVER_WAIT_MS"), "{err:?}");
     }
 
     #[test]

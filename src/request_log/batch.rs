@@ -19,7 +19,7 @@ use tokio::time::{Instant, timeout_at};
 
 use rwsplit_router::{Consistency, Db, DbError, Lsn, PRIMARY, ReadContext, WriteMark};
 
-use super::{Entry, Logged, NewEntry, SHOWN};
+use super::{Logged, NewEntry, SHOWN};
 
 /// Why a batched request got no answer from its batch.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -204,17 +204,7 @@ async fn write_and_read(
     entries: Vec<NewEntry>,
     replies: Vec<oneshot::Sender<Reply>>,
 ) -> Result<(), DbError> {
-    let written = match insert(db, &mut ctx, &entries).await {
-        // A connection the primary closed while it sat in the pool (a restart) fails at once.
-        // The insert is idempotent by request id, so one more try, on a new connection, is
-        // safe; a primary that is really down fails that try too.
-        Err(e) if e.is_unavailable() && !e.is_pool_timeout() => {
-            tracing::info!(error = %e, "batch insert failed on a broken connection; retrying once");
-            insert(db, &mut ctx, &entries).await
-        }
-        first => first,
-    };
-    let written = match written {
+    let written = match super::write(db, &mut ctx, &entries).await {
         Ok(inserted) => inserted,
         Err(e) if !e.is_unavailable() && entries.len() > 1 => {
             // One row the database refuses must not fail the rows beside it.
@@ -240,14 +230,4 @@ async fn write_and_read(
         let _ = reply.send(Ok((logged, Seen::from(&ctx))));
     }
     Ok(())
-}
-
-async fn insert(
-    db: &Db,
-    ctx: &mut ReadContext,
-    entries: &[NewEntry],
-) -> Result<Vec<Entry>, DbError> {
-    let mut primary = db.writer(ctx).await?;
-    let rows = super::insert_all(&mut primary, entries).await;
-    primary.finish(rows).await
 }

@@ -214,11 +214,41 @@ pub async fn latest(conn: &mut PgConnection, limit: i64) -> Result<Vec<Entry>, s
 /// Writes `entry` on the primary, then reads the latest [`SHOWN`] rows where `ctx` allows:
 /// `GET /` without the batcher. The write is recorded in `ctx`, so a causal read sees it.
 pub async fn log(db: &Db, ctx: &mut ReadContext, entry: &NewEntry) -> Result<Logged, DbError> {
-    let mut primary = db.writer(ctx).await?;
-    let written = insert(&mut primary, entry).await;
-    let written = primary.finish(written).await?;
+    let entries = std::slice::from_ref(entry);
+    let mut written = write(db, ctx, entries).await?;
+    let written = written
+        .pop()
+        .ok_or_else(|| DbError::from_sqlx(rwsplit_router::PRIMARY, sqlx::Error::RowNotFound))?;
     let read = latest_table(db, ctx).await;
     Ok(Logged { written, read })
+}
+
+/// Inserts `entries` on the primary, and records the write in `ctx`. A connection that broke
+/// mid-write (a primary that restarted, or failed over, perhaps after its commit) gets one
+/// more try: the router sends it to the primary it finds next, and the insert is idempotent
+/// by request id, so every row exists once.
+pub(crate) async fn write(
+    db: &Db,
+    ctx: &mut ReadContext,
+    entries: &[NewEntry],
+) -> Result<Vec<Entry>, DbError> {
+    match write_once(db, ctx, entries).await {
+        Err(e) if e.is_unavailable() && !e.is_pool_timeout() => {
+            tracing::info!(error = %e, "insert failed on a broken connection; retrying once");
+            write_once(db, ctx, entries).await
+        }
+        first => first,
+    }
+}
+
+async fn write_once(
+    db: &Db,
+    ctx: &mut ReadContext,
+    entries: &[NewEntry],
+) -> Result<Vec<Entry>, DbError> {
+    let mut primary = db.writer(ctx).await?;
+    let rows = insert_all(&mut primary, entries).await;
+    primary.finish(rows).await
 }
 
 /// The latest [`SHOWN`] rows through the read route, as a table every request that shows it

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use crate::state::AppState;
-use rwsplit_router::ReplicaStatus;
+use rwsplit_router::NodeStatus;
 
 #[derive(Serialize)]
 pub struct Health {
@@ -26,8 +26,11 @@ pub struct Readiness {
     ready: bool,
     instance: String,
     primary: Check,
+    /// The node that takes writes, as this instance last found it: `primary` when fixed, a
+    /// cluster's `node1`... or none mid-failover.
+    primary_node: Option<String>,
     redis: Check,
-    replicas: Vec<ReplicaStatus>,
+    replicas: Vec<NodeStatus>,
     /// Reads that wanted a replica but went to the primary, since this instance started.
     fallback_reads: u64,
 }
@@ -67,6 +70,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         ready,
         instance: state.config.instance.clone(),
         primary,
+        primary_node: state.db.primary().map(str::to_owned),
         redis,
         replicas: state.db.replica_statuses(),
         fallback_reads: state.db.fallback_reads(),

@@ -7,7 +7,7 @@ use askama::Template;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
-use rwsplit_router::Consistency;
+use rwsplit_router::{Consistency, NodeStatus};
 
 use super::error::AppError;
 use super::extract::Client;
@@ -26,6 +26,10 @@ pub struct IndexPage {
     mode: Consistency,
     session: Option<SessionData>,
     replicas_configured: bool,
+    /// The node taking writes as this instance last found it; `None` mid-failover.
+    primary: Option<String>,
+    /// The other nodes, as the last check found them.
+    others: Vec<NodeStatus>,
     refresh: Option<u32>,
 }
 
@@ -124,7 +128,9 @@ pub async fn index(
         read,
         mode: ctx.mode,
         session: visit.data,
-        replicas_configured: !config.db.router.replicas.is_empty(),
+        replicas_configured: !config.db.replica_urls.is_empty(),
+        primary: state.db.primary().map(str::to_owned),
+        others: state.db.replica_statuses(),
         refresh,
     })
 }

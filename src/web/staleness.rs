@@ -6,7 +6,7 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::Json;
 use axum::extract::{Query, State};
-use rwsplit_router::{Consistency, Lsn, ReplicaStatus};
+use rwsplit_router::{Consistency, Lsn, NodeStatus};
 use serde::Serialize;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -24,7 +24,7 @@ pub struct Report {
     instance: String,
     probes_per_mode: u32,
     runs: Vec<Run>,
-    replicas: Vec<ReplicaStatus>,
+    replicas: Vec<NodeStatus>,
     /// `pg_stat_replication` on the primary; empty with `wal_senders_unavailable` set when
     /// it could not be read.
     wal_senders: Vec<WalSender>,

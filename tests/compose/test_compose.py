@@ -20,14 +20,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
+HA_SERVICES = yaml.safe_load((ROOT / "docker-compose.ha.yml").read_text())["services"]
 DOCKERFILES = [ROOT / "Dockerfile", *sorted((ROOT / "docker").glob("*/Dockerfile")),
                ROOT / "tests/containers/prebuilt/Dockerfile"]
 
 
-def test_compose_file_matches_the_compose_specification():
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.ha.yml"])
+def test_compose_file_matches_the_compose_specification(file):
     schema = ROOT / "tests/schemas/compose-spec.json"
     subprocess.run(
-        ["check-jsonschema", "--schemafile", str(schema), str(ROOT / "docker-compose.yml")],
+        ["check-jsonschema", "--schemafile", str(schema), str(ROOT / file)],
         check=True,
     )
 
@@ -74,9 +76,36 @@ def test_database_nodes_share_one_image_and_the_native_stacks_scripts():
     assert "scripts/replica-setup" in stack and "scripts/primary-init" in stack
 
 
+def web_variables(services):
+    """The web service's environment: its own, and docker/web.env's, which both files share."""
+    web = services["web"]
+    assert web["env_file"] == "docker/web.env"
+    shared = (ROOT / web["env_file"]).read_text().splitlines()
+    return set(web["environment"]) | {line.split("=", 1)[0] for line in shared if "=" in line and not line.startswith("#")}
+
+
 def test_every_variable_the_app_reads_is_set_for_web(app_variables):
-    missing = app_variables - set(SERVICES["web"]["environment"])
+    missing = app_variables - web_variables(SERVICES)
     assert not missing, f"web does not set {sorted(missing)}"
+
+
+def test_the_ha_topology_runs_etcd_and_patroni_from_one_image_and_gives_web_every_node():
+    etcd = [f"etcd{n}" for n in (1, 2, 3)]
+    nodes = [f"node{n}" for n in (1, 2, 3)]
+    images = {HA_SERVICES[s]["image"] for s in etcd + nodes}
+    assert len(images) == 1, images
+    assert {HA_SERVICES[s]["build"]["dockerfile"] for s in etcd + nodes} == {"docker/patroni/Dockerfile"}
+    dockerfile = (ROOT / "docker/patroni/Dockerfile").read_text()
+    assert re.search(r"^FROM debian:bookworm-slim$", dockerfile, re.M)
+    assert all(p in dockerfile for p in ["postgresql-15", "patroni", "etcd-server"])
+    # The nodes' Patroni settings come from the script the native HA stack uses.
+    assert "patroni-config" in (ROOT / "docker/patroni/entrypoint").read_text()
+    assert "scripts/patroni-config" in (ROOT / "scripts/stack-ha").read_text()
+    urls = HA_SERVICES["web"]["environment"]["DATABASE_NODE_URLS"].split(",")
+    assert [u.split("@")[1].split(":")[0] for u in urls] == nodes
+    assert {n: HA_SERVICES["web"]["depends_on"][n]["condition"] for n in nodes} == dict.fromkeys(nodes, "service_healthy")
+    assert HA_SERVICES["web"]["env_file"] == SERVICES["web"]["env_file"]
+    assert "ports" not in HA_SERVICES["web"] and HA_SERVICES["nginx"]["ports"] == SERVICES["nginx"]["ports"]
 
 
 def condition(service, dependency):

@@ -9,10 +9,8 @@ use sqlx::postgres::PgConnectOptions;
 /// under its control. Read pools add `default_transaction_read_only`.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The one node that takes writes.
-    pub primary: PgConnectOptions,
-    /// Streaming replicas, named `replica1`, `replica2`... in this order.
-    pub replicas: Vec<PgConnectOptions>,
+    /// The database servers, and who says which one takes writes.
+    pub nodes: Nodes,
     /// Pool sizes and timeouts.
     pub pools: PoolConfig,
     /// How reads are routed and replicas judged.
@@ -20,22 +18,57 @@ pub struct Config {
 }
 
 impl Config {
-    /// A primary without replicas, with default pools and routing.
+    /// A fixed primary without replicas, with default pools and routing.
     pub fn new(primary: PgConnectOptions) -> Self {
-        Self {
+        Self::with(Nodes::Fixed {
             primary,
             replicas: Vec::new(),
+        })
+    }
+
+    /// Nodes whose roles a high-availability manager (Patroni, say) decides and changes: the
+    /// router finds the primary among them at every check and follows it.
+    pub fn cluster(nodes: Vec<PgConnectOptions>) -> Self {
+        Self::with(Nodes::Cluster(nodes))
+    }
+
+    fn with(nodes: Nodes) -> Self {
+        Self {
+            nodes,
             pools: PoolConfig::default(),
             routing: RoutingConfig::default(),
         }
     }
 
-    /// Adds a replica.
+    /// Adds a replica to a fixed primary, or a node to a cluster.
     #[must_use]
     pub fn replica(mut self, options: PgConnectOptions) -> Self {
-        self.replicas.push(options);
+        match &mut self.nodes {
+            Nodes::Fixed { replicas, .. } => replicas.push(options),
+            Nodes::Cluster(nodes) => nodes.push(options),
+        }
         self
     }
+}
+
+/// The database servers.
+#[derive(Clone, Debug)]
+#[expect(clippy::large_enum_variant, reason = "built once, at start-up")]
+pub enum Nodes {
+    /// One primary, named `primary`, which takes every write whatever checks say, and its
+    /// streaming replicas, named `replica1`, `replica2`... in this order.
+    Fixed {
+        /// The node that takes writes.
+        primary: PgConnectOptions,
+        /// Its streaming replicas.
+        replicas: Vec<PgConnectOptions>,
+    },
+    /// Nodes named `node1`, `node2`... in this order, whose roles change: the one a check finds
+    /// out of recovery takes writes, the others serve reads. Run them with synchronous
+    /// replication, so a commit the router acknowledges survives a failover. Their write pools
+    /// set no `statement_timeout`: a timeout that cancels a commit's wait for the standby
+    /// reports the commit as done, though only this node has it.
+    Cluster(Vec<PgConnectOptions>),
 }
 
 /// Pool bounds. Every wait has a limit, so a node that is down costs a request little.
@@ -79,6 +112,10 @@ pub struct RoutingConfig {
     pub check_interval: Duration,
     /// A replica further behind than this gets no reads.
     pub max_lag: Duration,
+    /// In a cluster, how long a write (or a read only the primary may answer) waits for a
+    /// primary when there is none, while the monitor checks every node often; then it fails
+    /// as unavailable. Keep it under the caller's own request timeout.
+    pub failover_wait: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -88,6 +125,7 @@ impl Default for RoutingConfig {
             causal_wait: Duration::from_millis(50),
             check_interval: Duration::from_millis(1000),
             max_lag: Duration::from_millis(5000),
+            failover_wait: Duration::from_millis(15_000),
         }
     }
 }

@@ -8,12 +8,16 @@ use sqlx::PgConnection;
 
 use crate::consistency::{ReadContext, Reason, WriteMark};
 use crate::error::DbError;
+use crate::leader::Leader;
+use crate::node::Node;
 use crate::pool::{Lease, discard_if_broken};
-use crate::replica::Replica;
 use crate::timeline::Timeline;
 
-/// The primary's name in results, errors and metrics.
+/// The fixed primary's name in results, errors and metrics.
 pub const PRIMARY: &str = "primary";
+
+/// SQLSTATE read_only_sql_transaction: the node a write reached is a replica now.
+const READ_ONLY: &str = "25006";
 
 /// A read's result, the node that answered it and why that node.
 #[derive(Clone, Debug)]
@@ -44,23 +48,57 @@ impl<T> Routed<T> {
 pub struct Writer<'a> {
     ctx: &'a mut ReadContext,
     conn: Lease,
+    /// The leader's index and node.
+    node: (usize, &'a Node),
+    leader: &'a Leader,
     timeline: &'a Timeline,
 }
 
 impl<'a> Writer<'a> {
-    pub(crate) fn new(ctx: &'a mut ReadContext, conn: Lease, timeline: &'a Timeline) -> Self {
+    pub(crate) fn new(
+        ctx: &'a mut ReadContext,
+        conn: Lease,
+        node: (usize, &'a Node),
+        leader: &'a Leader,
+        timeline: &'a Timeline,
+    ) -> Self {
         Self {
             ctx,
             conn,
+            node,
+            leader,
             timeline,
         }
+    }
+
+    /// `primary`, or in a cluster the node that leads (`node1`...).
+    pub fn node(&self) -> &str {
+        &self.node.1.name
     }
 
     /// Takes the write's result: on success, records the write in the session's context (and,
     /// when it tracks positions, the primary's WAL position after the commit, which advances
     /// its causal token). A connection that failed as unreachable is not pooled again.
+    ///
+    /// In a cluster, a node that failed so, or answered that it is read-only, takes no more
+    /// writes until a check finds it leading: the error is [`DbError::Unavailable`], and the
+    /// next write waits for the new primary. Nothing ran on a read-only node, so such a write
+    /// is safe to retry; after a broken connection, only an idempotent one is.
     pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<T, DbError> {
-        let failed = |e| DbError::from_sqlx(PRIMARY, e);
+        let (index, node) = self.node;
+        let leader = self.leader;
+        let failed = |e: sqlx::Error| {
+            let error = match DbError::from_sqlx(&node.name, e) {
+                DbError::Query { node, source } if is_read_only(&source) => {
+                    DbError::Unavailable { node, source }
+                }
+                other => other,
+            };
+            if error.is_unavailable() && !error.is_pool_timeout() && leader.lose(index) {
+                tracing::warn!(node = %node.name, %error, "the primary stopped taking writes; waiting for the next");
+            }
+            error
+        };
         let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
         let lsn = if self.ctx.track_lsn {
             let lsn = crate::lsn::current(&mut self.conn).await;
@@ -102,8 +140,9 @@ impl DerefMut for Writer<'_> {
 pub struct Reader<'a> {
     ctx: &'a mut ReadContext,
     conn: Lease,
-    /// `None` on the primary.
-    replica: Option<&'a Replica>,
+    node: &'a Node,
+    /// Whether `node` answers as a replica, not as the primary.
+    on_replica: bool,
     reason: Reason,
     timeline: &'a Timeline,
 }
@@ -112,22 +151,23 @@ impl<'a> Reader<'a> {
     pub(crate) fn new(
         ctx: &'a mut ReadContext,
         conn: Lease,
-        replica: Option<&'a Replica>,
+        (node, on_replica): (&'a Node, bool),
         reason: Reason,
         timeline: &'a Timeline,
     ) -> Self {
         Self {
             ctx,
             conn,
-            replica,
+            node,
+            on_replica,
             reason,
             timeline,
         }
     }
 
-    /// `primary`, `replica1`...
+    /// `primary`, `replica1`... or, in a cluster, `node1`...
     pub fn node(&self) -> &str {
-        node_name(self.replica)
+        &self.node.name
     }
 
     /// Why the read was routed here.
@@ -135,16 +175,17 @@ impl<'a> Reader<'a> {
         self.reason
     }
 
-    pub(crate) fn replica(&self) -> Option<&'a Replica> {
-        self.replica
+    /// The replica answering, or `None` on the primary.
+    pub(crate) fn replica(&self) -> Option<&'a Node> {
+        self.on_replica.then_some(self.node)
     }
 
     /// Takes the read's result and says where it ran. In causal mode it first takes the
     /// node's WAL position, which covers everything the read saw, into the session's token:
     /// later reads then never see less.
     pub async fn finish<T>(mut self, result: Result<T, sqlx::Error>) -> Result<Routed<T>, DbError> {
-        let replica = self.replica;
-        let node = node_name(replica);
+        let replica = self.replica();
+        let node = self.node.name.as_str();
         let failed = |e| DbError::from_sqlx(node, e);
         let value = discard_if_broken(&mut self.conn, result).map_err(failed)?;
         if self.ctx.tracks_reads() {
@@ -172,8 +213,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn node_name(replica: Option<&Replica>) -> &str {
-    replica.map_or(PRIMARY, |r| r.name.as_str())
+fn is_read_only(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(READ_ONLY))
 }
 
 impl Deref for Reader<'_> {

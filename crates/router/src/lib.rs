@@ -1,4 +1,5 @@
-//! Read/write routing over one PostgreSQL primary and its streaming replicas.
+//! Read/write routing over one PostgreSQL primary and its streaming replicas, fixed or found
+//! among a high-availability cluster's nodes.
 //!
 //! Every query names its route. [`Db::write`] and [`Db::writer`] always reach the primary;
 //! [`Db::read`] and [`Db::reader`] reach a usable replica when the session's [`Consistency`]
@@ -16,12 +17,19 @@
 //!   answers at once ([`Reason::ReplicasBehind`]).
 //! - Every read says where it went and why ([`Routed`], [`Reason`]); operators see each
 //!   replica's state ([`Db::replica_statuses`]).
+//! - Given every node of a cluster whose roles an HA manager such as Patroni changes
+//!   ([`Config::cluster`]), the monitor finds the primary at every check (the node out of
+//!   recovery on the newest timeline; none while two share it) and writes follow it. A write
+//!   that finds no primary, or finds its node gone or read-only, waits up to
+//!   [`RoutingConfig::failover_wait`] for the next one.
 //! - Errors say whether the node was unreachable (retry later) or the query failed
 //!   ([`DbError`]).
 //! - Metrics go through the [`metrics`](https://docs.rs/metrics) facade; install any
 //!   exporter to see them: `db_reads_total` {node, mode, reason}, `causal_queries_total`
 //!   {node, kind}, `replica_usable`, `replica_lag_bytes`, `replica_lag_seconds` {replica},
-//!   `db_pool_waiting` {pool}, and `db_pool_connections` {pool, state}, set at every check.
+//!   `db_pool_waiting` {pool}, and `db_pool_connections` {pool, state}, set at every check; in
+//!   a cluster, `db_primary_changes_total`, `db_without_primary_seconds` and the
+//!   `db_primary_outage_seconds` histogram.
 //!
 //! ```no_run
 //! use rwsplit_router::{Config, Consistency, Db, ReadContext};
@@ -76,20 +84,22 @@ mod consistency;
 mod db;
 mod error;
 mod guard;
+mod leader;
 mod lsn;
 mod metrics;
 mod monitor;
+mod node;
 mod pool;
-mod replica;
+mod roles;
 mod route;
 mod timeline;
 
-pub use config::{Config, PoolConfig, RoutingConfig};
+pub use config::{Config, Nodes, PoolConfig, RoutingConfig};
 pub use consistency::{Consistency, ReadContext, Reason, WriteMark};
 pub use db::Db;
 pub use error::DbError;
 pub use guard::{PRIMARY, Reader, Routed, Writer};
 pub use lsn::Lsn;
 pub use monitor::Monitor;
+pub use node::{NodeStatus, Role};
 pub use pool::BoxFuture;
-pub use replica::ReplicaStatus;

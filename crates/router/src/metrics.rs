@@ -1,7 +1,9 @@
 //! What the router counts, through the `metrics` facade: the application chooses the
 //! exporter. Names are listed in the crate's documentation.
 
-use metrics::{Gauge, counter, gauge};
+use std::time::Duration;
+
+use metrics::{Gauge, counter, gauge, histogram};
 
 use crate::consistency::{Consistency, Reason};
 
@@ -40,4 +42,19 @@ pub(crate) fn pool(name: &str, open: u32, idle: usize) {
 /// The gauge of callers waiting for a connection from the pool `pool`.
 pub(crate) fn waiting(pool: &str) -> Gauge {
     gauge!("db_pool_waiting", "pool" => pool.to_owned())
+}
+
+/// A cluster's monitor found another node leading.
+pub(crate) fn primary_changed() {
+    counter!("db_primary_changes_total").increment(1);
+}
+
+/// A time without a primary ended, after `lasted`.
+pub(crate) fn without_primary(lasted: Duration) {
+    histogram!("db_primary_outage_seconds").record(lasted.as_secs_f64());
+}
+
+/// How long the current time without a primary has lasted: zero while there is one.
+pub(crate) fn without_primary_now(lasted: Duration) {
+    gauge!("db_without_primary_seconds").set(lasted.as_secs_f64());
 }

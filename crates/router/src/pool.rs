@@ -41,6 +41,8 @@ const HELD_AT_MOST: Duration = Duration::from_secs(60);
 /// built. Derefs to [`PgPool`].
 #[derive(Debug)]
 pub(crate) struct Pool {
+    /// What metrics call it.
+    name: String,
     conns: PgPool,
     waiting: Gauge,
     spare: Arc<Spare>,
@@ -77,6 +79,7 @@ impl Pool {
             })
             .connect_lazy_with(options);
         Self {
+            name: name.to_owned(),
             conns,
             waiting: crate::metrics::waiting(name),
             spare: Arc::default(),
@@ -118,6 +121,10 @@ impl Pool {
             conn.give_back();
         }
         result
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Connections open and idle in this pool, the spare one among them.

@@ -22,6 +22,9 @@ pub(crate) struct Timeline {
     /// Oldest first; positions and moments both only grow.
     samples: Mutex<VecDeque<(Instant, Lsn)>>,
     capacity: usize,
+    /// After a new primary took over: the old one's newest position seen, and the new one's
+    /// first. Positions between were written only on the old primary's timeline.
+    abandoned: Mutex<Option<(Lsn, Lsn)>>,
 }
 
 impl Timeline {
@@ -34,6 +37,43 @@ impl Timeline {
         Self {
             samples: Mutex::new(VecDeque::new()),
             capacity,
+            abandoned: Mutex::new(None),
+        }
+    }
+
+    /// Another node leads from `start` on: positions are compared on its timeline from now.
+    pub(crate) fn restart(&self, start: Option<Lsn>) {
+        let mut samples = self.samples();
+        let old_end = samples.back().map(|&(_, lsn)| lsn);
+        samples.clear();
+        let mut abandoned = self
+            .abandoned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *abandoned = match (old_end, start) {
+            (Some(end), Some(start)) if end > start => Some((end, start)),
+            _ => None,
+        };
+    }
+
+    /// The position a causal read must find replayed for `token`. A token the old primary gave
+    /// past where its successor took over, and which the new timeline has not reached yet, is
+    /// a position that no longer exists: everything it covered that survived is at or before
+    /// the takeover, so a replica that has replayed that far has it. Without this, such a
+    /// session would read the primary until the new timeline grew past its token.
+    pub(crate) fn surviving(&self, token: Lsn) -> Lsn {
+        let abandoned = *self
+            .abandoned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some((old_end, start)) = abandoned else {
+            return token;
+        };
+        let newest = self.samples().back().map(|&(_, lsn)| lsn);
+        if token > start && token <= old_end && newest.is_none_or(|newest| newest < token) {
+            start
+        } else {
+            token
         }
     }
 
@@ -124,6 +164,36 @@ mod tests {
         assert_eq!(timeline.age(Lsn(10), now), Duration::from_millis(150));
         // Not seen yet: as good as now.
         assert_eq!(timeline.age(Lsn(30), now), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_token_from_the_old_primary_s_lost_tail_needs_only_what_survived() {
+        let t0 = Instant::now();
+        let timeline = Timeline::new(Duration::from_secs(1));
+        timeline.record(at(t0, 0), Lsn(100));
+        timeline.record(at(t0, 10), Lsn(180));
+        // The new primary took over at 150: 151..=180 existed only on the old one.
+        timeline.restart(Some(Lsn(150)));
+        assert_eq!(timeline.surviving(Lsn(170)), Lsn(150));
+        assert_eq!(
+            timeline.surviving(Lsn(120)),
+            Lsn(120),
+            "before the takeover"
+        );
+        assert_eq!(
+            timeline.surviving(Lsn(200)),
+            Lsn(200),
+            "only the new timeline has it"
+        );
+        // Once the new timeline passes the token, the position exists again.
+        timeline.record(at(t0, 20), Lsn(175));
+        assert_eq!(timeline.surviving(Lsn(170)), Lsn(170));
+        assert_eq!(timeline.surviving(Lsn(178)), Lsn(150));
+        // The new timeline's own positions are measured alone.
+        assert_eq!(
+            timeline.behind(Lsn(175), at(t0, 30)),
+            Some((0, Duration::ZERO))
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One read replica: its pool and what the monitor and reads last learned about it.
+//! One database server: its pools and what the monitor, reads and writes last learned about it.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -9,30 +9,52 @@ use sqlx::PgConnection;
 use crate::clock::millis;
 use crate::lsn::Lsn;
 use crate::pool::{Lease, Pool, discard_if_broken};
+use crate::roles::Claim;
 use crate::route::ReplicaView;
 use crate::timeline::Timeline;
 
-/// One replica's pool and last known state.
+/// One node's pools and last known state.
 #[derive(Debug)]
-pub(crate) struct Replica {
+pub(crate) struct Node {
     pub(crate) name: String,
-    pub(crate) pool: Pool,
-    state: Mutex<ReplicaStatus>,
+    /// Writes, for a node that may lead; it connects only once a write comes.
+    pub(crate) write: Option<Pool>,
+    /// Reads, every transaction read-only: replica reads, or the primary's when it leads.
+    pub(crate) read: Pool,
+    state: Mutex<NodeStatus>,
 }
 
-/// A replica's last known state, as `/readyz` and `/test` show it.
+/// What a node is, as the last check found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// It takes the writes.
+    Primary,
+    /// It streams from the primary and may serve reads.
+    Replica,
+    /// Not known: not reached yet, or out of recovery beside another primary.
+    #[default]
+    Unknown,
+}
+
+/// A node's last known state, as `/readyz` and `/test` show it.
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ReplicaStatus {
-    /// `replica1`, `replica2`...
+pub struct NodeStatus {
+    /// `primary`, `replica1`... or, in a cluster, `node1`, `node2`...
     pub name: String,
-    /// Whether reads may go to it.
+    /// What it is now.
+    pub role: Role,
+    /// Whether replica reads may go to it.
     pub usable: bool,
     /// Whether the last check or read reached it.
     pub reachable: bool,
     /// Whether it is a replica at all (`pg_is_in_recovery()`).
     pub in_recovery: bool,
-    /// A position it is known to have replayed.
+    /// A position it is known to have replayed (a replica), or its last seen WAL position (the
+    /// primary).
     pub replay_lsn: Option<Lsn>,
+    /// The primary's timeline, as its last check saw it.
+    pub timeline: Option<u32>,
     /// How far its replay trails the primary's position, in bytes.
     pub bytes_behind: Option<u64>,
     /// How long ago the primary passed the position the replica has replayed to, as last
@@ -41,35 +63,63 @@ pub struct ReplicaStatus {
     /// `now() - pg_last_xact_replay_timestamp()` on the replica, reported as is: it grows
     /// while the primary is idle even though nothing is missing.
     pub last_replay_age_ms: Option<u64>,
-    /// Why the replica is not usable, when it is not.
+    /// Why a replica is not usable, when it is not.
     pub problem: Option<String>,
 }
 
-/// What one monitor check measured on the replica itself.
+/// What one monitor check measured on the node itself.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Observation {
     pub(crate) in_recovery: bool,
-    pub(crate) replay_lsn: Option<Lsn>,
+    /// What it has replayed (a replica), or its current WAL position (a primary).
+    pub(crate) position: Option<Lsn>,
     pub(crate) last_replay_age: Option<Duration>,
+    /// Out of recovery: the timeline it writes on.
+    pub(crate) timeline: Option<u32>,
 }
 
-impl Replica {
-    pub(crate) fn new(name: String, pool: Pool) -> Self {
+impl Observation {
+    pub(crate) fn claim(&self) -> Claim {
+        match (self.in_recovery, self.timeline) {
+            (false, Some(timeline)) => Claim::Primary { timeline },
+            _ => Claim::Replica,
+        }
+    }
+}
+
+impl Node {
+    /// A node that starts as a replica, trusted with reads until the first check: a failed
+    /// read marks it at once.
+    pub(crate) fn new(name: String, write: Option<Pool>, read: Pool) -> Self {
         Self {
-            // Optimistic until the first check: a failed read marks it at once.
-            state: Mutex::new(ReplicaStatus {
+            state: Mutex::new(NodeStatus {
                 name: name.clone(),
+                role: Role::Replica,
                 usable: true,
                 reachable: true,
                 in_recovery: true,
-                ..ReplicaStatus::default()
+                ..NodeStatus::default()
             }),
             name,
-            pool,
+            write,
+            read,
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, ReplicaStatus> {
+    /// A node that leads from the start: a fixed primary, or a cluster's node before the
+    /// first check (then no reads go to it until a check finds it a replica).
+    pub(crate) fn unchecked(name: String, write: Option<Pool>, read: Pool) -> Self {
+        let node = Self::new(name, write, read);
+        {
+            let mut state = node.state();
+            state.role = Role::Unknown;
+            state.usable = false;
+            state.in_recovery = false;
+        }
+        node
+    }
+
+    fn state(&self) -> MutexGuard<'_, NodeStatus> {
         // The state is plain data rewritten whole by each check: a panic elsewhere cannot
         // leave it half-updated, so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -113,7 +163,7 @@ impl Replica {
         deadline: Instant,
         timeline: &Timeline,
     ) -> Result<Option<Lease>, sqlx::Error> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.read.acquire().await?;
         let Some(lsn) = must_replay else {
             return Ok(Some(conn));
         };
@@ -161,15 +211,15 @@ impl Replica {
         }
     }
 
-    pub(crate) fn status(&self) -> ReplicaStatus {
+    pub(crate) fn status(&self) -> NodeStatus {
         self.state().clone()
     }
 
-    /// A read or a check could not reach the replica: stop routing to it until a check passes.
+    /// A read or a check could not reach the node: stop routing to it until a check passes.
     pub(crate) fn mark_unreachable(&self, error: &dyn std::fmt::Display) {
         let mut state = self.state();
         if state.usable {
-            tracing::warn!(replica = %self.name, %error, "replica unreachable; reads move elsewhere");
+            tracing::warn!(node = %self.name, %error, "replica unreachable; reads move elsewhere");
         }
         state.usable = false;
         state.reachable = false;
@@ -177,9 +227,23 @@ impl Replica {
         crate::metrics::replica(&self.name, state.usable, state.bytes_behind, state.lag_ms);
     }
 
-    /// Records a successful check. `behind` is how far, in bytes and in time, the replica's
-    /// replay position trails the primary (zero when caught up); `None` (primary down) keeps
-    /// the previous lag.
+    /// Records a check that found this node leading: it takes writes and no replica reads.
+    pub(crate) fn record_primary(&self, seen: Observation) {
+        let mut state = self.state();
+        *state = NodeStatus {
+            name: self.name.clone(),
+            role: Role::Primary,
+            reachable: true,
+            replay_lsn: seen.position,
+            timeline: seen.timeline,
+            ..NodeStatus::default()
+        };
+        crate::metrics::replica(&self.name, false, None, None);
+    }
+
+    /// Records a successful check of a node that does not lead. `behind` is how far, in bytes
+    /// and in time, its replay position trails the primary (zero when caught up); `None`
+    /// (primary unknown) keeps the previous lag.
     pub(crate) fn record(
         &self,
         seen: Observation,
@@ -189,12 +253,18 @@ impl Replica {
         let mut state = self.state();
         state.reachable = true;
         state.in_recovery = seen.in_recovery;
-        state.replay_lsn = seen.replay_lsn;
+        state.replay_lsn = seen.position;
+        state.timeline = seen.timeline;
         state.last_replay_age_ms = seen.last_replay_age.map(millis);
         if let Some((bytes, lag)) = behind {
             state.bytes_behind = Some(bytes);
             state.lag_ms = Some(millis(lag));
         }
+        state.role = if seen.in_recovery {
+            Role::Replica
+        } else {
+            Role::Unknown
+        };
         let problem = if !seen.in_recovery {
             Some("not in recovery: this node is not a replica".to_owned())
         } else {
@@ -210,9 +280,9 @@ impl Replica {
         if state.usable != problem.is_none() {
             match &problem {
                 Some(why) => {
-                    tracing::warn!(replica = %self.name, %why, "replica excluded from reads")
+                    tracing::warn!(node = %self.name, %why, "replica excluded from reads")
                 }
-                None => tracing::info!(replica = %self.name, "replica usable again"),
+                None => tracing::info!(node = %self.name, "replica usable again"),
             }
         }
         state.usable = problem.is_none();

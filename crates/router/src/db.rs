@@ -166,7 +166,6 @@ impl Db {
         let reason = match self.route(ctx) {
             Route::Primary(reason) => reason,
             Route::Replicas { order, must_replay } => {
-                let must_replay = must_replay.map(|token| self.timeline.surviving(token));
                 let started = Instant::now();
                 let deadline = started + self.routing.causal_wait;
                 let mut misses = Misses::default();
@@ -384,7 +383,10 @@ impl Db {
 
     /// Where a read in `ctx` may go, from the replicas' last known states: every node but the
     /// leader (a fixed primary's replicas, a cluster's other nodes), each judged by its check.
+    /// A causal token from an old primary's lost tail asks only for what survived.
     fn route(&self, ctx: &ReadContext) -> Route {
+        let mut ctx = *ctx;
+        ctx.token = ctx.token.map(|token| self.timeline.surviving(token));
         let leader = self.leader.get();
         let (index, views): (Vec<usize>, Vec<ReplicaView>) = self
             .nodes
@@ -398,7 +400,7 @@ impl Db {
             Some(token) if ctx.tracks_reads() => self.timeline.age(token, Instant::now()),
             _ => Duration::ZERO,
         };
-        match route::route(ctx, &views, start, &self.routing, unix_millis(), token_age) {
+        match route::route(&ctx, &views, start, &self.routing, unix_millis(), token_age) {
             Route::Replicas { order, must_replay } => Route::Replicas {
                 order: order.into_iter().map(|i| index[i]).collect(),
                 must_replay,

@@ -332,8 +332,26 @@ async fn a_crashed_primary_is_replaced_within_ten_seconds_and_every_acknowledged
     let ha = Ha::get();
     let old = ha.all_up().await;
     let run = run_name("crash");
+    let mut reads = Vec::new();
     let (outcomes, crashed) = load_through(&ha, &run, async {
         ha.stack(&["crash", &old]);
+        // With no primary (Patroni promotes one only once the leader key expires), reads still
+        // flow from the replicas.
+        let client = reqwest::Client::new();
+        for _ in 0..3 {
+            let sent = Instant::now();
+            let url = format!("{}/test/read.json?id=1&mode=eventual", ha.url);
+            let read = match client.get(url).timeout(Duration::from_secs(5)).send().await {
+                Ok(res) => (
+                    res.status().as_u16(),
+                    res.json::<serde_json::Value>().await.ok(),
+                ),
+                Err(_) => (0, None),
+            };
+            let in_recovery = read.1.and_then(|r| r["in_recovery"].as_bool());
+            reads.push((read.0, in_recovery, sent.elapsed(), Instant::now()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // Until another node leads, then a little longer (the load stops 4 s after that).
         let deadline = Instant::now() + Duration::from_secs(60);
         while ha.primary().is_none_or(|p| p == old) {

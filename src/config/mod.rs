@@ -241,8 +241,9 @@ impl Config {
         };
         let request_timeout =
             r.millis("REQUEST_TIMEOUT_MS", Duration::from_secs(30), 100..=600_000)?;
-        // A write that waited out the whole failover still needs time to run.
-        if db.router.routing.failover_wait >= request_timeout {
+        // A write that waited out the whole failover still needs time to run. Only a cluster
+        // waits for a primary.
+        if cluster && db.router.routing.failover_wait >= request_timeout {
             return Err(ConfigError {
                 var: "FAILOVER_WAIT_MS",
                 reason: format!(
@@ -403,6 +404,7 @@ mod tests {
     #[test]
     fn a_failover_wait_must_leave_the_request_time_to_run() {
         let err = Config::from_source(&[
+            ("DATABASE_NODE_URLS", "postgres://u:p@h1/db"),
             ("FAILOVER_WAIT_MS", "30000"),
             ("REQUEST_TIMEOUT_MS", "30000"),
         ])

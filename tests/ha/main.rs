@@ -370,6 +370,25 @@ async fn a_crashed_primary_is_replaced_within_ten_seconds_and_every_acknowledged
         &failed[..failed.len().min(10)],
         longest(&outcomes).as_secs_f64()
     );
+    // Answered while writes were still waiting for a primary: before the first write sent
+    // after the crash was acknowledged.
+    let reads: Vec<_> = reads
+        .into_iter()
+        .map(|(status, in_recovery, took, done)| {
+            (status, in_recovery, took, done < crashed + first)
+        })
+        .collect();
+    println!(
+        "crash: reads just after it (status, on a replica, time, before writes resumed): {reads:?}"
+    );
+    for read in &reads {
+        assert_eq!(
+            (read.0, read.1, read.3),
+            (200, Some(true), true),
+            "{reads:?}"
+        );
+        assert!(read.2 < Duration::from_secs(2), "{reads:?}");
+    }
     assert!(
         first <= Duration::from_secs(10),
         "writes resumed after {first:?}"

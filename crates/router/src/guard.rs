@@ -71,11 +71,6 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// `primary`, or in a cluster the node that leads (`node1`...).
-    pub fn node(&self) -> &str {
-        &self.node.1.name
-    }
-
     /// Takes the write's result: on success, records the write in the session's context (and,
     /// when it tracks positions, the primary's WAL position after the commit, which advances
     /// its causal token). A connection that failed as unreachable is not pooled again.

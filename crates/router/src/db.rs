@@ -279,11 +279,7 @@ impl Db {
                 crate::metrics::pool(name, pool.size(), pool.idle());
             }
         }
-        if let Some(lost) = self.leader.lost_for() {
-            crate::metrics::without_primary_now(lost);
-        } else {
-            crate::metrics::without_primary_now(Duration::ZERO);
-        }
+        crate::metrics::without_primary_now(self.leader.lost_for().unwrap_or_default());
         led
     }
 
